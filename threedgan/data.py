@@ -1,0 +1,422 @@
+"""Data: 3DShapeNets volumes from a folder or straight from a zip, validated, bit-packed and cached.
+
+The chapter reads `volumetric_data/<category>/30/{train,test}/*.mat` (key `instance`, 30³ of 0/1), pads each volume
+by one voxel to 32³ and zooms it ×2 with nearest-neighbour interpolation to 64³. Holding 64³ float volumes costs
+1 MiB each (118,116 files of ModelNet40's train split would need 120 GiB), so volumes are kept bit-packed at 32³
+(4 KiB each, 0.5 GB for all of ModelNet40) and expanded to 64³ one batch at a time, on the accelerator when there is
+one. Nearest-neighbour zoom ×2 of a 32³ grid is exactly a 2×2×2 repetition of every voxel (scipy ≥ 1.6 semantics;
+`tests/test_data.py` checks it against `scipy.ndimage.zoom`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import time
+import zipfile
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import scipy.io
+
+from threedgan.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+DATA_URL = "http://3dshapenets.cs.princeton.edu/3DShapeNetsCode.zip"
+DATA_ENVIRONMENT_VARIABLE = "THREEDGAN_DATA"
+MAT_KEY = "instance"
+RAW_SIDE = 30
+PADDED_SIDE = 32
+CACHE_FORMAT_VERSION = 1
+
+# <anything>/<category>/30/<split>/<model>_<rotation>.mat, the layout of the chapter's archive.
+_MEMBER_PATTERN = re.compile(r"^(?P<root>(?:.*/)?)(?P<category>[^/]+)/30/(?P<split>train|test)/(?P<stem>[^/]+)_(?P<rotation>\d+)\.mat$")
+
+
+@dataclass
+class VoxelDataset:
+    """Volumes held bit-packed at 32³ (4,096 bytes each), with their file names and category labels.
+
+    Attributes:
+        packed: uint8 array (N, 4096), `np.packbits` of the padded 32³ occupancy grids.
+        names: file names (N,), for reports.
+        labels: int array (N,), index into `category_names`.
+        category_names: the categories in label order.
+    """
+
+    packed: np.ndarray
+    names: np.ndarray
+    labels: np.ndarray
+    category_names: List[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def volumes32(self, indices=None) -> np.ndarray:
+        """Unpacks the selected volumes to uint8 (n, 32, 32, 32) of 0/1."""
+        packed = self.packed if indices is None else self.packed[indices]
+        return np.unpackbits(packed, axis=1).reshape(-1, PADDED_SIDE, PADDED_SIDE, PADDED_SIDE)
+
+    def volumes64(self, indices=None) -> np.ndarray:
+        """Unpacks and zooms the selected volumes to float32 (n, 64, 64, 64, 1), the networks' input."""
+        return upsample_numpy(self.volumes32(indices))
+
+    def batches(self, batch_size: int, rng: np.random.Generator, drop_remainder: bool = True) -> Iterator[np.ndarray]:
+        """Yields uint8 (batch, 32, 32, 32) batches in a fresh random order (one epoch)."""
+        order = rng.permutation(len(self))
+        stop = len(order) - (len(order) % batch_size if drop_remainder else 0)
+        for start in range(0, stop, batch_size):
+            yield self.volumes32(order[start : start + batch_size])
+
+    def subset(self, indices) -> "VoxelDataset":
+        indices = np.asarray(indices)
+        return VoxelDataset(self.packed[indices], self.names[indices], self.labels[indices], list(self.category_names))
+
+
+def upsample_numpy(volumes32: np.ndarray) -> np.ndarray:
+    """Zooms (n, 32, 32, 32) 0/1 grids ×2 (nearest neighbour) to float32 (n, 64, 64, 64, 1)."""
+    volumes = np.asarray(volumes32, dtype=np.float32)
+    for axis in (1, 2, 3):
+        volumes = np.repeat(volumes, 2, axis=axis)
+    return volumes[..., None]
+
+
+def upsample(volumes32, dtype="float32"):
+    """`upsample_numpy` with `keras.ops`, so the ×8 larger 64³ batch is made on the accelerator, not sent to it."""
+    import keras
+
+    volumes = keras.ops.cast(volumes32, dtype)
+    for axis in (1, 2, 3):
+        volumes = keras.ops.repeat(volumes, 2, axis=axis)
+    return keras.ops.expand_dims(volumes, -1)
+
+
+# ----------------------------------------------------------------------------------------------------------- sources
+
+
+class _Source:
+    """A place holding `<category>/30/<split>/*.mat`: a folder or a zip archive."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.members = {}  # (category, split) -> list of (relative name, stem, rotation)
+
+    def categories(self) -> List[str]:
+        return sorted({category for category, _ in self.members})
+
+    def files(self, category: str, split: str) -> list:
+        return self.members.get((category, split), [])
+
+    def _add(self, relative_name: str) -> None:
+        match = _MEMBER_PATTERN.match(relative_name)
+        if match:
+            key = (match["category"], match["split"])
+            self.members.setdefault(key, []).append((relative_name, match["stem"], int(match["rotation"])))
+
+
+class _FolderSource(_Source):
+    def __init__(self, root: str):
+        super().__init__(root)
+        for category in sorted(os.listdir(root)):
+            for split in ("train", "test"):
+                folder = os.path.join(root, category, "30", split)
+                if os.path.isdir(folder):
+                    for name in os.listdir(folder):
+                        self._add(f"{category}/30/{split}/{name}")
+
+    def fingerprint(self, relative_names: Sequence[str]) -> list:
+        stats = [os.stat(os.path.join(self.path, name)) for name in relative_names]
+        digest = hashlib.sha256()
+        for name, stat in zip(relative_names, stats):
+            digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        return [os.path.abspath(self.path), digest.hexdigest()]
+
+    def read(self, relative_name: str) -> bytes:
+        with open(os.path.join(self.path, relative_name), "rb") as handle:
+            return handle.read()
+
+    def close(self) -> None:
+        pass
+
+
+class _ZipSource(_Source):
+    def __init__(self, path: str):
+        super().__init__(path)
+        try:
+            self.archive = zipfile.ZipFile(path)
+            names = self.archive.namelist()
+        except (zipfile.BadZipFile, OSError) as error:
+            raise DataError(f"cannot read zip archive {path}: {error}") from None
+        for name in names:
+            # Members are only ever read into memory, never extracted; still refuse archives that try to escape.
+            if name.startswith("/") or ".." in name.split("/") or re.match(r"^[A-Za-z]:", name):
+                raise DataError(f"zip archive {path} holds an unsafe member path {name!r}")
+            self._add(name)
+
+    def fingerprint(self, relative_names: Sequence[str]) -> list:
+        stat = os.stat(self.path)
+        return [os.path.abspath(self.path), stat.st_size, stat.st_mtime_ns]
+
+    def read(self, relative_name: str) -> bytes:
+        try:
+            return self.archive.read(relative_name)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+            raise DataError(f"{self.path}: cannot read member {relative_name}: {error}") from None
+
+    def close(self) -> None:
+        self.archive.close()
+
+
+def _find_volumetric_root(folder: str, max_depth: int = 4) -> Optional[str]:
+    """The folder whose children are categories (`<category>/30/`), at or below `folder`."""
+    for current, subfolders, _ in os.walk(folder):
+        if current[len(folder) :].count(os.sep) > max_depth:
+            subfolders[:] = []
+            continue
+        if any(os.path.isdir(os.path.join(current, sub, "30")) for sub in subfolders):
+            return current
+        subfolders.sort(key=lambda name: name != "volumetric_data")
+    return None
+
+
+def resolve_data_path(data_dir: Optional[str]) -> str:
+    """The data location to use: the argument, else `$THREEDGAN_DATA`, else the chapter's archive, downloaded.
+
+    Raises:
+        DataError: nothing given and the download failed (the message says what to download and which flag to pass).
+    """
+    if data_dir:
+        return data_dir
+    if os.environ.get(DATA_ENVIRONMENT_VARIABLE):
+        return os.environ[DATA_ENVIRONMENT_VARIABLE]
+    import keras
+
+    try:
+        return keras.utils.get_file("3DShapeNetsCode.zip", origin=DATA_URL)
+    except Exception as error:  # get_file raises bare Exception subclasses for network failures
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"no data: could not download {DATA_URL} ({reason}); download it by hand and pass "
+            f"--data-dir /path/to/3DShapeNetsCode.zip (or set {DATA_ENVIRONMENT_VARIABLE})"
+        ) from None
+
+
+def open_source(path: str) -> _Source:
+    """Opens a `volumetric_data` folder, a folder above it, or a zip archive holding it.
+
+    Raises:
+        DataError: the path is missing, or holds no `<category>/30/{train,test}/*.mat` files.
+    """
+    if not os.path.exists(path):
+        raise DataError(f"data path not found: {path}")
+    if os.path.isdir(path):
+        root = _find_volumetric_root(path)
+        if root is None:
+            raise DataError(f"no 3DShapeNets volumes (<category>/30/train/*.mat) found under {path}")
+        source = _FolderSource(root)
+    elif zipfile.is_zipfile(path):
+        source = _ZipSource(path)
+    else:
+        raise DataError(f"data path is neither a folder nor a zip archive: {path}")
+    if not source.members:
+        source.close()
+        raise DataError(f"no 3DShapeNets volumes (<category>/30/train/*.mat) found in {path}")
+    return source
+
+
+def list_categories(data_dir: Optional[str] = None) -> List[str]:
+    """The category names available at a data location."""
+    source = open_source(resolve_data_path(data_dir))
+    try:
+        return source.categories()
+    finally:
+        source.close()
+
+
+# -------------------------------------------------------------------------------------------------------- parsing
+
+
+def parse_mat(content: bytes, name: str) -> np.ndarray:
+    """Reads one 3DShapeNets `.mat` file's `instance` grid and pads it to 32³.
+
+    Args:
+        content: the file's bytes.
+        name: the file's name, for error messages.
+
+    Returns:
+        bool array (32, 32, 32).
+
+    Raises:
+        DataError: MATLAB v7.3 (HDF5) file, unreadable or truncated file, missing `instance` key, wrong shape, or
+            values other than 0 and 1.
+    """
+    if content[:8] == b"\x89HDF\r\n\x1a\n" or b"MATLAB 7.3" in content[:128]:
+        raise DataError(f"{name}: MATLAB v7.3 (HDF5) file, not a 3DShapeNets volume (expected a MATLAB v5 file with '{MAT_KEY}')")
+    try:
+        contents = scipy.io.loadmat(io.BytesIO(content))
+    except NotImplementedError:
+        raise DataError(f"{name}: MATLAB v7.3 (HDF5) file, not a 3DShapeNets volume") from None
+    except Exception as error:  # scipy raises ValueError, TypeError, zlib.error, ... on damaged files
+        raise DataError(f"{name}: cannot read .mat file ({type(error).__name__}: {error})".splitlines()[0]) from None
+    if MAT_KEY not in contents:
+        keys = ", ".join(sorted(k for k in contents if not k.startswith("__"))) or "none"
+        raise DataError(f"{name}: no '{MAT_KEY}' array in the file (keys: {keys})")
+    grid = np.asarray(contents[MAT_KEY])
+    if grid.shape != (RAW_SIDE,) * 3:
+        raise DataError(f"{name}: '{MAT_KEY}' has shape {grid.shape}, expected {(RAW_SIDE,) * 3}")
+    if not np.issubdtype(grid.dtype, np.number) and grid.dtype != bool:
+        raise DataError(f"{name}: '{MAT_KEY}' has dtype {grid.dtype}, expected numbers 0/1")
+    if not np.all((grid == 0) | (grid == 1)):
+        raise DataError(f"{name}: '{MAT_KEY}' holds values other than 0 and 1 (min {grid.min()}, max {grid.max()})")
+    return np.pad(grid.astype(bool), 1)
+
+
+# --------------------------------------------------------------------------------------------------------- loading
+
+
+def _select(source: _Source, categories: Sequence[str], split: str, rotations: str, obj_ratio: float, max_samples):
+    available = source.categories()
+    if list(categories) == ["all"]:
+        categories = available
+    unknown = [c for c in categories if c not in available]
+    if unknown:
+        raise DataError(f"unknown category {unknown[0]!r} in {source.path}; available: {', '.join(available)}")
+    selected, labels = [], []
+    for label, category in enumerate(categories):
+        files = sorted(source.files(category, split))
+        if rotations == "canonical":
+            files = [f for f in files if f[2] == 1]
+        files = files[: int(obj_ratio * len(files))]
+        if not files:
+            raise DataError(f"no .mat files for category {category!r}, split {split!r}, rotations {rotations!r} in {source.path}")
+        selected += [f[0] for f in files]
+        labels += [label] * len(files)
+    if max_samples is not None and max_samples < len(selected):
+        # Evenly spaced, so a small slice still spans categories, models and rotations.
+        keep = np.linspace(0, len(selected) - 1, max_samples).round().astype(int)
+        selected = [selected[i] for i in keep]
+        labels = [labels[i] for i in keep]
+    return list(categories), selected, np.asarray(labels, dtype=np.int32)
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "threedgan")
+
+
+def load_dataset(
+    data_dir: Optional[str] = None,
+    categories: Sequence[str] = ("chair",),
+    split: str = "train",
+    rotations: str = "all",
+    obj_ratio: float = 1.0,
+    max_samples: Optional[int] = None,
+    cache_dir: Optional[str] = None,
+    use_cache: bool = True,
+) -> VoxelDataset:
+    """Loads 3DShapeNets volumes, from the cache when the same selection of the same source was parsed before.
+
+    Args:
+        data_dir: a `volumetric_data` folder, a folder above it, or a zip archive; `None` see `resolve_data_path`.
+        categories: category names, or `["all"]`.
+        split: `"train"` or `"test"`.
+        rotations: `"all"` or `"canonical"` (`_1` only).
+        obj_ratio: fraction of each category's sorted files to keep.
+        max_samples: keep at most this many, evenly spaced over the selection.
+        cache_dir: where parsed selections are cached (default `~/.cache/threedgan`).
+        use_cache: read and write the cache.
+
+    Returns:
+        A `VoxelDataset`.
+
+    Raises:
+        DataError: see `open_source`, `parse_mat`; unknown categories (the message lists the available ones).
+    """
+    path = resolve_data_path(data_dir)
+    cache_folder = cache_dir or default_cache_dir()
+    selection = [list(categories), split, rotations, obj_ratio, max_samples]
+    if use_cache and os.path.isfile(path):
+        # An archive's size and time stamp identify it, so a cached selection is found without listing 100k members.
+        stat = os.stat(path)
+        quick_key = _cache_key([os.path.abspath(path), stat.st_size, stat.st_mtime_ns], selection)
+        dataset = _read_cache(os.path.join(cache_folder, f"volumes-{quick_key}.npz"))
+        if dataset is not None:
+            return dataset
+    source = open_source(path)
+    try:
+        category_names, selected, labels = _select(source, categories, split, rotations, obj_ratio, max_samples)
+        if isinstance(source, _ZipSource):
+            key = quick_key if use_cache else None
+        else:
+            key = _cache_key(source.fingerprint(selected), selection)
+        cache_path = os.path.join(cache_folder, f"volumes-{key}.npz")
+        if use_cache and not isinstance(source, _ZipSource):
+            dataset = _read_cache(cache_path)
+            if dataset is not None:
+                return dataset
+        start = time.perf_counter()
+        packed = np.empty((len(selected), PADDED_SIDE**3 // 8), dtype=np.uint8)
+        for index, name in enumerate(selected):
+            packed[index] = np.packbits(parse_mat(source.read(name), name))
+        names = np.array([os.path.basename(name) for name in selected])
+        logger.info("parsed %d volumes from %s in %.1f s", len(selected), path, time.perf_counter() - start)
+    finally:
+        source.close()
+    dataset = VoxelDataset(packed, names, labels, category_names)
+    if use_cache:
+        _write_cache(cache_path, dataset)
+    return dataset
+
+
+def _cache_key(source_fingerprint, selection) -> str:
+    fields = [CACHE_FORMAT_VERSION, source_fingerprint, selection]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:24]
+
+
+def _read_cache(cache_path: str) -> Optional[VoxelDataset]:
+    if not os.path.exists(cache_path):
+        return None
+    try:
+        with np.load(cache_path, allow_pickle=False) as cached:
+            dataset = VoxelDataset(cached["packed"], cached["names"], cached["labels"], [str(c) for c in cached["category_names"]])
+        logger.info("loaded %d volumes from cache %s", len(dataset), cache_path)
+        return dataset
+    except Exception as error:  # a damaged cache is rebuilt, never trusted
+        logger.warning("ignoring unreadable cache %s (%s)", cache_path, error)
+        return None
+
+
+def _write_cache(cache_path: str, dataset: VoxelDataset) -> None:
+    try:
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        temporary = f"{cache_path}.{os.getpid()}.tmp.npz"
+        np.savez(
+            temporary,
+            packed=dataset.packed,
+            names=dataset.names,
+            labels=dataset.labels,
+            category_names=np.array(dataset.category_names),
+        )
+        os.replace(temporary, cache_path)
+    except OSError as error:  # a read-only cache folder must not stop training
+        logger.warning("could not write cache %s (%s)", cache_path, error)
+
+
+def load_config_dataset(config, split: Optional[str] = None, rotations: Optional[str] = None, **overrides) -> VoxelDataset:
+    """`load_dataset` with the data fields of a `Config` (split/rotations/other fields overridable)."""
+    arguments = dict(
+        data_dir=config.data_dir,
+        categories=config.categories,
+        split=split or config.split,
+        rotations=rotations or config.rotations,
+        obj_ratio=config.obj_ratio,
+        max_samples=config.max_samples,
+        cache_dir=config.cache_dir,
+    )
+    arguments.update(overrides)
+    return load_dataset(**arguments)
