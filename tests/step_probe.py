@@ -59,7 +59,7 @@ def run(kind, z_size, previous_accuracy=None, **step_options):
         generator, discriminator, keras.optimizers.Adam(1e-2, 0.5), keras.optimizers.Adam(1e-2, 0.5), **step_options
     )
     rng = np.random.default_rng(0)
-    real = (rng.random((BATCH, 32, 32, 32)) > 0.7).astype(np.uint8)
+    real = np.packbits((rng.random((BATCH, 32**3)) > 0.7).astype(np.uint8), axis=1)
     latents = lambda: rng.normal(0, 0.33, (BATCH, z_size)).astype("float32")
     if previous_accuracy is not None:
         step.last_accuracy = previous_accuracy

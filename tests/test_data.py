@@ -188,3 +188,11 @@ def test_real_chairs_from_the_shared_archive(tmp_path, shared_zip):
     assert len(dataset) == 5 and all(name.endswith("_1.mat") for name in dataset.names)
     occupancy = dataset.volumes32().mean()
     assert 0.005 < occupancy < 0.2
+
+
+def test_unpack_and_upsample_in_keras_matches_numpy(tmp_path, volumetric_dir):
+    import keras
+
+    dataset = load(volumetric_dir, tmp_path, categories=["chair"])
+    expanded = keras.ops.convert_to_numpy(data.unpack_and_upsample(dataset.packed[:3]))
+    np.testing.assert_array_equal(expanded, dataset.volumes64([0, 1, 2]))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from threedgan.data import upsample
+from threedgan.data import unpack_and_upsample
 
 
 def binary_crossentropy(target: float, probabilities):
@@ -78,7 +78,7 @@ def make_train_step(
             losses are still computed), e.g. to warm up one network alone.
 
     Returns:
-        An object with `__call__(real32, latents_fake, latents_generator) -> dict of scalar tensors` (see
+        An object with `__call__(real_packed, latents_fake, latents_generator) -> dict of scalar tensors` (see
         `_metrics`), `sync_variables()` (write the state back into the Keras variables; call it before reading the
         models), `reload_variables()` (the reverse, after loading weights) and a settable `last_accuracy` (D's
         accuracy on the previous iteration, which the paper's rule reads; checkpoints keep it).
@@ -130,13 +130,13 @@ class _JaxStep:
         discriminator_grad = jax.value_and_grad(discriminator_loss, has_aux=True)
         generator_grad = jax.value_and_grad(generator_loss, has_aux=True)
 
-        def step(state, last_accuracy, real32, latents_fake, latents_generator):
+        def step(state, last_accuracy, real_packed, latents_fake, latents_generator):
             g_trainable, g_non_trainable, g_optimizer_vars, d_trainable, d_non_trainable, d_optimizer_vars = state
             update = jax.numpy.logical_and(train_discriminator, last_accuracy <= threshold)
             fake, _ = generator.stateless_call(g_trainable, g_non_trainable, latents_fake, training=True)
             fake = jax.lax.stop_gradient(fake)
             losses, scores = [], []
-            for volumes, target in ((upsample(real32), 1.0), (fake, 0.0)):
+            for volumes, target in ((unpack_and_upsample(real_packed), 1.0), (fake, 0.0)):
                 (loss, (new_non_trainable, batch_scores)), grads = discriminator_grad(
                     d_trainable, d_non_trainable, volumes, target
                 )
@@ -186,8 +186,8 @@ class _JaxStep:
 
         self._accuracy = jax.numpy.asarray(value, "float32")
 
-    def __call__(self, real32, latents_fake, latents_generator):
-        self.state, self._accuracy, metrics = self._step(self.state, self._accuracy, real32, latents_fake, latents_generator)
+    def __call__(self, real_packed, latents_fake, latents_generator):
+        self.state, self._accuracy, metrics = self._step(self.state, self._accuracy, real_packed, latents_fake, latents_generator)
         return metrics
 
     def sync_variables(self):
@@ -256,11 +256,11 @@ class _StatefulStep:
         loss, aux = loss_function()
         return loss, aux, list(torch.autograd.grad(loss, [v.value for v in variables]))
 
-    def _iteration(self, real32, latents_fake, latents_generator, update_discriminator):
+    def _iteration(self, real_packed, latents_fake, latents_generator, update_discriminator):
         generator, discriminator = self.generator, self.discriminator
         fake = ops.stop_gradient(forward_without_side_effects(generator, latents_fake))
         losses, scores = [], []
-        for volumes, target in ((upsample(real32), 1.0), (fake, 0.0)):
+        for volumes, target in ((unpack_and_upsample(real_packed), 1.0), (fake, 0.0)):
             if update_discriminator:
 
                 def discriminator_loss():
@@ -289,9 +289,9 @@ class _StatefulStep:
             g_loss, _ = generator_loss()
         return _metrics(losses[0], losses[1], g_loss, scores[0], scores[1], update_discriminator)
 
-    def __call__(self, real32, latents_fake, latents_generator):
+    def __call__(self, real_packed, latents_fake, latents_generator):
         update = self.train_discriminator and (self.threshold is None or self.last_accuracy <= self.threshold)
-        metrics = self._step(real32, latents_fake, latents_generator, update)
+        metrics = self._step(real_packed, latents_fake, latents_generator, update)
         if self.threshold is not None:
             self.last_accuracy = float(metrics["d_accuracy"])
         return {name: ops.stop_gradient(value) for name, value in metrics.items()}

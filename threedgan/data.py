@@ -67,12 +67,17 @@ class VoxelDataset:
         """Unpacks and zooms the selected volumes to float32 (n, 64, 64, 64, 1), the networks' input."""
         return upsample_numpy(self.volumes32(indices))
 
-    def batches(self, batch_size: int, rng: np.random.Generator, drop_remainder: bool = True) -> Iterator[np.ndarray]:
-        """Yields uint8 (batch, 32, 32, 32) batches in a fresh random order (one epoch)."""
+    def index_batches(self, batch_size: int, rng: np.random.Generator, drop_remainder: bool = True) -> Iterator[np.ndarray]:
+        """Yields index arrays of `batch_size` in a fresh random order (one epoch)."""
         order = rng.permutation(len(self))
         stop = len(order) - (len(order) % batch_size if drop_remainder else 0)
         for start in range(0, stop, batch_size):
-            yield self.volumes32(order[start : start + batch_size])
+            yield order[start : start + batch_size]
+
+    def batches(self, batch_size: int, rng: np.random.Generator, drop_remainder: bool = True) -> Iterator[np.ndarray]:
+        """Yields uint8 (batch, 32, 32, 32) batches in a fresh random order (one epoch)."""
+        for indices in self.index_batches(batch_size, rng, drop_remainder):
+            yield self.volumes32(indices)
 
     def subset(self, indices) -> "VoxelDataset":
         indices = np.asarray(indices)
@@ -95,6 +100,20 @@ def upsample(volumes32, dtype="float32"):
     for axis in (1, 2, 3):
         volumes = keras.ops.repeat(volumes, 2, axis=axis)
     return keras.ops.expand_dims(volumes, -1)
+
+
+def unpack_and_upsample(packed, dtype="float32"):
+    """Bit-packed (n, 4096) uint8 rows, as `VoxelDataset.packed` holds them, to (n, 64, 64, 64, 1) volumes.
+
+    Written with `keras.ops` so it runs inside the compiled step: the data set stays on the accelerator at 4 KiB a
+    volume and each batch is expanded ×256 there.
+    """
+    import keras
+
+    # np.packbits is big-endian within a byte: the first voxel is the most significant bit.
+    shifts = keras.ops.convert_to_tensor(np.arange(7, -1, -1, dtype=np.uint8))
+    bits = keras.ops.bitwise_and(keras.ops.right_shift(keras.ops.expand_dims(packed, -1), shifts), 1)
+    return upsample(keras.ops.reshape(bits, (-1, PADDED_SIDE, PADDED_SIDE, PADDED_SIDE)), dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------- sources
