@@ -276,3 +276,19 @@ def test_iou_metrics_on_real_chairs(shared_zip):
     assert floor["cov_iou"] == pytest.approx(0.01)
     assert floor["1nna_iou"] == pytest.approx(0.995)
     assert floor["mean_pairwise_iou_samples"] == 1.0
+
+
+def test_evaluate_sets_with_repeated_shapes_equals_the_plain_computation():
+    shapes = distinct_boxes(4, seed=2)
+    samples = shapes[[0, 1, 1, 3, 0]]
+    references = shapes[[2, 3, 3, 1]]
+    results = metrics.evaluate_sets(samples, references, points=64, seed=1)
+    joint = np.concatenate([samples, references])
+    chamfer = metrics.chamfer_distance_matrix(metrics.surface_point_sets(joint, count=64, seed=1))
+    iou = metrics.iou_distance_matrix(joint)
+    for name, joint_distances in (("chamfer", chamfer), ("iou", iou)):
+        d_ss, d_rr, d_sr = joint_distances[:5, :5], joint_distances[5:, 5:], joint_distances[:5, 5:]
+        scores = metrics.mmd_cov(d_sr)
+        assert results[f"mmd_{name}"] == pytest.approx(scores["mmd"], rel=1e-12)
+        assert results[f"cov_{name}"] == scores["cov"]
+        assert results[f"1nna_{name}"] == metrics.one_nna(d_ss, d_rr, d_sr)

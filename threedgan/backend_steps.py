@@ -36,16 +36,16 @@ def binary_crossentropy(target: float, probabilities):
     return ops.mean(keras.losses.binary_crossentropy(targets, probabilities))
 
 
-def accuracy(target: float, probabilities):
-    """Fraction of scores on the right side of 0.5 for a constant label."""
+def accuracy(real: bool, probabilities):
+    """Fraction of scores on the right side of 0.5: above it for real volumes, at or below it for generated ones."""
     probabilities = ops.cast(probabilities, "float32")
-    correct = probabilities > 0.5 if target == 1.0 else probabilities <= 0.5
+    correct = probabilities > 0.5 if real else probabilities <= 0.5
     return ops.mean(ops.cast(correct, "float32"))
 
 
 def _metrics(loss_real, loss_fake, loss_generator, scores_real, scores_fake, updated):
-    real_accuracy = accuracy(1.0, scores_real)
-    fake_accuracy = accuracy(0.0, scores_fake)
+    real_accuracy = accuracy(True, scores_real)
+    fake_accuracy = accuracy(False, scores_fake)
     return {
         "d_loss": 0.5 * (loss_real + loss_fake),
         "g_loss": loss_generator,
@@ -66,6 +66,7 @@ def make_train_step(
     accuracy_threshold=None,
     train_generator=True,
     train_discriminator=True,
+    real_label=1.0,
 ):
     """Returns the training step for the active Keras backend.
 
@@ -74,6 +75,7 @@ def make_train_step(
         generator_optimizer, discriminator_optimizer: Keras optimizers; built here on their network's trainable
             variables.
         accuracy_threshold: the paper's D-update rule, or `None` to update D every iteration.
+        real_label: D's target for real volumes (1.0 in the chapter; 0.9 is one-sided label smoothing).
         train_generator, train_discriminator: `False` leaves that network's update out of the iteration (its
             losses are still computed), e.g. to warm up one network alone.
 
@@ -91,9 +93,9 @@ def make_train_step(
     backend = keras.backend.backend()
     arguments = (generator, discriminator, generator_optimizer, discriminator_optimizer, accuracy_threshold)
     if backend == "jax":
-        return _JaxStep(*arguments, train_generator, train_discriminator)
+        return _JaxStep(*arguments, train_generator, train_discriminator, real_label)
     if backend in ("tensorflow", "torch"):
-        return _StatefulStep(*arguments, train_generator, train_discriminator)
+        return _StatefulStep(*arguments, train_generator, train_discriminator, real_label)
     raise NotImplementedError(f"threedgan trains on the jax, tensorflow and torch backends, not {backend!r}")
 
 
@@ -109,6 +111,7 @@ class _JaxStep:
         accuracy_threshold,
         train_generator,
         train_discriminator,
+        real_label,
     ):
         import jax
 
@@ -136,7 +139,7 @@ class _JaxStep:
             fake, _ = generator.stateless_call(g_trainable, g_non_trainable, latents_fake, training=True)
             fake = jax.lax.stop_gradient(fake)
             losses, scores = [], []
-            for volumes, target in ((unpack_and_upsample(real_packed), 1.0), (fake, 0.0)):
+            for volumes, target in ((unpack_and_upsample(real_packed), real_label), (fake, 0.0)):
                 (loss, (new_non_trainable, batch_scores)), grads = discriminator_grad(
                     d_trainable, d_non_trainable, volumes, target
                 )
@@ -230,7 +233,9 @@ class _StatefulStep:
         accuracy_threshold,
         train_generator,
         train_discriminator,
+        real_label,
     ):
+        self.real_label = real_label
         self.generator, self.discriminator = generator, discriminator
         self.train_generator, self.train_discriminator = train_generator, train_discriminator
         self.generator_optimizer, self.discriminator_optimizer = generator_optimizer, discriminator_optimizer
@@ -260,7 +265,7 @@ class _StatefulStep:
         generator, discriminator = self.generator, self.discriminator
         fake = ops.stop_gradient(forward_without_side_effects(generator, latents_fake))
         losses, scores = [], []
-        for volumes, target in ((unpack_and_upsample(real_packed), 1.0), (fake, 0.0)):
+        for volumes, target in ((unpack_and_upsample(real_packed), self.real_label), (fake, 0.0)):
             if update_discriminator:
 
                 def discriminator_loss():

@@ -92,8 +92,11 @@ def train_parser() -> argparse.ArgumentParser:
     recipe.add_argument(
         "--discriminator-accuracy-threshold", type=float, help="update D only when its last accuracy <= this (paper: 0.8)"
     )
+    recipe.add_argument("--real-label", type=float, help="D's target for real volumes (<1: one-sided label smoothing)")
     recipe.add_argument("--z-stddev", type=_positive_float, help="latent prior N(0, s^2) (default 0.33)")
     recipe.add_argument("--seed", type=int)
+    recipe.add_argument("--max-steps", type=_positive_int, help="stop after N iterations in all")
+    recipe.add_argument("--time-budget-minutes", type=_positive_float, help="stop after this much training time")
     recipe.add_argument("--precision", dest="mixed_precision", choices=["auto", "bfloat16", "float32"])
     output = parser.add_argument_group("outputs")
     output.add_argument("--output-dir", help="weights, config.json and checkpoints (default generated_volumes)")

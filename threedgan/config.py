@@ -65,8 +65,11 @@ class Config:
         generator_learning_rate, generator_beta_1, discriminator_learning_rate, discriminator_beta_1: Adam.
         discriminator_accuracy_threshold: the paper's rule: D is updated only when its accuracy on the previous batch
             (real and generated) was at most this; `None` always updates D (the chapter).
+        real_label: D's target for real volumes; below 1 is one-sided label smoothing (Salimans et al. 2016).
         seed: seeds shuffling, latents and weight initialisation.
         mixed_precision: `"auto"` (bfloat16 on a GPU, float32 elsewhere), `"bfloat16"` or `"float32"`.
+        max_steps: stop after this many iterations in all (`None`: run all epochs).
+        time_budget_minutes: stop after this much training time, saving as at a normal end (`None`: no limit).
 
     Outputs:
         output_dir: weights, `config.json` and checkpoints (the chapter's `generated_volumes/`).
@@ -98,8 +101,11 @@ class Config:
     discriminator_learning_rate: float = 1e-5
     discriminator_beta_1: float = 0.9
     discriminator_accuracy_threshold: Optional[float] = None
+    real_label: float = 1.0
     seed: int = 0
     mixed_precision: str = "auto"
+    max_steps: Optional[int] = None
+    time_budget_minutes: Optional[float] = None
 
     output_dir: str = "generated_volumes"
     logdir: str = "logs"
@@ -162,11 +168,14 @@ class Config:
                 self.discriminator_accuracy_threshold is None or 0 < self.discriminator_accuracy_threshold <= 1,
                 "must be in (0, 1] or null",
             ),
+            ("real_label", 0.5 < self.real_label <= 1.0, "must be in (0.5, 1]"),
             ("mixed_precision", self.mixed_precision in ("auto", "bfloat16", "float32"), "must be auto, bfloat16 or float32"),
             ("image_every_steps", self.image_every_steps >= 0, "must be 0 (off) or positive"),
             ("images_per_log", self.images_per_log >= 1, "must be at least 1"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, "must be 0 (off) or positive"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, "must be at least 1"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be at least 1 or null"),
+            ("time_budget_minutes", self.time_budget_minutes is None or self.time_budget_minutes > 0, "must be positive or null"),
         ]
         for name, ok, message in checks:
             if not ok:

@@ -357,6 +357,8 @@ def load_dataset(
         DataError: see `open_source`, `parse_mat`; unknown categories (the message lists the available ones).
     """
     path = resolve_data_path(data_dir)
+    if path.endswith(".npz") and os.path.isfile(path):
+        return _load_packed_slice(path, categories, split, rotations, obj_ratio, max_samples)
     cache_folder = cache_dir or default_cache_dir()
     selection = [list(categories), split, rotations, obj_ratio, max_samples]
     if use_cache and os.path.isfile(path):
@@ -389,6 +391,40 @@ def load_dataset(
     dataset = VoxelDataset(packed, names, labels, category_names)
     if use_cache:
         _write_cache(cache_path, dataset)
+    return dataset
+
+
+def _load_packed_slice(path, categories, split, rotations, obj_ratio, max_samples) -> VoxelDataset:
+    """Reads a slice made by `shared/bench/pack_slice.py`: keys `<category>_<split>` (n, 4096) and `..._names`.
+
+    Such a file carries a few categories to a machine without the archive (the GPU machine) in a few MB.
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise DataError(f"cannot read packed slice {path}: {error}".splitlines()[0]) from None
+    with archive:
+        available = sorted(key[: -len(f"_{split}")] for key in archive.files if key.endswith(f"_{split}"))
+        if list(categories) == ["all"]:
+            categories = available
+        unknown = [c for c in categories if c not in available]
+        if unknown:
+            raise DataError(f"unknown category {unknown[0]!r} for split {split!r} in {path}; available: {', '.join(available)}")
+        packed, names, labels = [], [], []
+        for label, category in enumerate(categories):
+            rows, row_names = archive[f"{category}_{split}"], archive[f"{category}_{split}_names"]
+            order = np.argsort(row_names)
+            if rotations == "canonical":
+                order = [i for i in order if str(row_names[i]).endswith("_1.mat")]
+            order = order[: int(obj_ratio * len(order))]
+            if len(order) == 0:
+                raise DataError(f"no volumes for category {category!r}, split {split!r}, rotations {rotations!r} in {path}")
+            packed.append(rows[order])
+            names.append(row_names[order])
+            labels.append(np.full(len(order), label, dtype=np.int32))
+    dataset = VoxelDataset(np.concatenate(packed), np.concatenate(names), np.concatenate(labels), list(categories))
+    if max_samples is not None and max_samples < len(dataset):
+        dataset = dataset.subset(np.linspace(0, len(dataset) - 1, max_samples).round().astype(int))
     return dataset
 
 

@@ -19,9 +19,11 @@ from threedgan.errors import ConfigError, WeightsError
 logger = logging.getLogger(__name__)
 
 VOLUME_FORMATS = ("npy", "mat")
+PACKED_FORMAT = "npz"  # all samples in one file, thresholded and bit-packed: 32 KiB a 64³ shape, for evaluate.py
 IMAGE_FORMATS = ("png",)
 MESH_FORMATS = ("stl", "obj", "ply")
-FORMATS = VOLUME_FORMATS + IMAGE_FORMATS + MESH_FORMATS
+FORMATS = VOLUME_FORMATS + IMAGE_FORMATS + MESH_FORMATS + (PACKED_FORMAT,)
+PACKED_FILENAME = "samples.npz"
 LATENTS_FILENAME = "latents.npy"
 
 
@@ -118,9 +120,11 @@ def write_outputs(
 
     os.makedirs(output_dir, exist_ok=True)
     written = []
+    if PACKED_FORMAT in formats:
+        written.append(save_packed_samples(volumes, os.path.join(output_dir, PACKED_FILENAME), threshold))
     for volume, name in zip(volumes, names):
         base = os.path.join(output_dir, name)
-        for fmt in formats:
+        for fmt in (f for f in formats if f != PACKED_FORMAT):
             path = f"{base}.{fmt}"
             if fmt in VOLUME_FORMATS:
                 save_volume(volume, path, threshold=threshold)
@@ -135,6 +139,27 @@ def write_outputs(
                 export_mesh(mesh, path)
             written.append(path)
     return written
+
+
+def save_packed_samples(volumes: np.ndarray, path: str, threshold: float = 0.5) -> str:
+    """Saves (n, D, H, W) volumes thresholded and bit-packed in one `.npz` (`packed` (n, D·H·W/8), `shape`)."""
+    occupied = np.asarray(volumes) > threshold
+    np.savez_compressed(path, packed=np.packbits(occupied.reshape(len(occupied), -1), axis=1), shape=np.array(occupied.shape))
+    return path
+
+
+def load_packed_samples(path: str) -> np.ndarray:
+    """Reads a file from `save_packed_samples` back to uint8 (n, D, H, W) volumes of 0/1.
+
+    Raises:
+        ConfigError: the file is missing or not such a file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as contents:
+            packed, shape = contents["packed"], tuple(int(n) for n in contents["shape"])
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"cannot read packed samples {path}: {error}".splitlines()[0]) from None
+    return np.unpackbits(packed, axis=1, count=int(np.prod(shape[1:]))).reshape(shape)
 
 
 def _generate(model: LoadedGenerator, latents: np.ndarray) -> np.ndarray:

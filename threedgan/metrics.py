@@ -404,7 +404,12 @@ def evaluate_sets(
     """Compares a set of generated volumes with a set of reference volumes.
 
     Each distance is computed once over the union of both sets, which gives
-    the three blocks needed by 1-NNA.
+    the three blocks needed by 1-NNA; repeated grids are measured once.
+
+    Cost: the IoU part takes seconds even for 1000 shapes a side. The Chamfer
+    part is exact nearest-neighbour search, about (|S| + |R|)^2 * `points`
+    k-d tree queries: 100 vs 100 shapes at 2048 points is about 100 s of CPU
+    time, shared by the cores (`workers=-1`).
 
     Args:
         samples: generated volumes, (|S|, D, H, W) or (|S|, D, H, W, 1),
@@ -449,17 +454,27 @@ def evaluate_sets(
         "reference_occupancy": float(binary_references.mean()),
     }
     joint = np.concatenate([binary_samples, binary_references])
+    # A collapsed generator repeats shapes: measure each distinct grid once and
+    # copy its row and column. Identical grids get the same surface points,
+    # so this gives exactly the matrices of the full computation.
+    packed = np.packbits(joint.reshape(len(joint), -1), axis=1)
+    _, first_index, inverse = np.unique(
+        packed, axis=0, return_index=True, return_inverse=True
+    )
+    inverse = inverse.reshape(-1)
+    distinct = joint[first_index]
 
+    def expand(distinct_distances):
+        return distinct_distances[np.ix_(inverse, inverse)]
+
+    joint_iou = expand(iou_distance_matrix(distinct))
     if "iou" in distances:
-        joint_iou = iou_distance_matrix(joint)
         results.update(_set_scores(joint_iou, sample_count, "iou"))
-        sample_iou = joint_iou[:sample_count, :sample_count]
-    else:
-        sample_iou = iou_distance_matrix(binary_samples)
+    sample_iou = joint_iou[:sample_count, :sample_count]
     results["mean_pairwise_iou_samples"] = _mean_pairwise_iou(sample_iou)
 
     if "chamfer" in distances:
-        point_sets = surface_point_sets(joint, count=points, seed=seed)
-        joint_chamfer = chamfer_distance_matrix(point_sets)
+        point_sets = surface_point_sets(distinct, count=points, seed=seed)
+        joint_chamfer = expand(chamfer_distance_matrix(point_sets))
         results.update(_set_scores(joint_chamfer, sample_count, "chamfer"))
     return results

@@ -90,6 +90,7 @@ class Gan:
             generator_optimizer,
             discriminator_optimizer,
             accuracy_threshold=config.discriminator_accuracy_threshold,
+            real_label=config.real_label,
         )
         return cls(config, generator, discriminator, generator_optimizer, discriminator_optimizer, step)
 
@@ -173,6 +174,7 @@ class Trainer:
             self.precision,
         )
         epoch_metrics = {}
+        started = time.perf_counter()
         with SummaryWriter(self.run_logdir) as writer:
             writer.graph(self.gan.generator)
             writer.graph(self.gan.discriminator)
@@ -183,7 +185,7 @@ class Trainer:
                     real = keras.ops.take(self.device_volumes, keras.ops.convert_to_tensor(indices), axis=0)
                     pending.append(self.gan.step(real, *self._latents()))
                     self.step_count += 1
-                    last_batch = batch_index + 1 == self.batches_per_epoch
+                    last_batch = batch_index + 1 == self.batches_per_epoch or self._budget_spent(started)
                     if len(pending) >= self.log_every_steps or last_batch:
                         for offset, metrics in enumerate(self._fetch(pending)):
                             step = self.step_count - len(pending) + offset + 1
@@ -197,15 +199,26 @@ class Trainer:
                         pending = []
                     if config.image_every_steps and self.step_count % config.image_every_steps == 0:
                         self._log_images(writer)
+                    if self._budget_spent(started) and not pending:
+                        break
                 self.epoch += 1
-                epoch_metrics = {name: total / self.batches_per_epoch for name, total in totals.items()}
+                epoch_metrics = {name: total / (batch_index + 1) for name, total in totals.items()}
                 writer.scalars(epoch_metrics, self.epoch, prefix="epoch/")
                 self.history.append(epoch_metrics)
                 writer.flush()
+                if self._budget_spent(started):
+                    logger.info("stopping at step %d: max_steps or time budget reached", self.step_count)
+                    break
             self._log_images(writer)
         self.gan.save_weights(config.output_dir)
         logger.info("wrote %s, %s and config.json to %s", GENERATOR_WEIGHTS, DISCRIMINATOR_WEIGHTS, config.output_dir)
         return epoch_metrics
+
+    def _budget_spent(self, started: float) -> bool:
+        config = self.config
+        if config.max_steps is not None and self.step_count >= config.max_steps:
+            return True
+        return config.time_budget_minutes is not None and time.perf_counter() - started >= 60 * config.time_budget_minutes
 
     def _fetch(self, pending):
         """Moves a list of per-step metric dicts to the host in one transfer and checks the losses are finite."""

@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Time threedgan's training iteration and its input pipeline.
+
+    KERAS_BACKEND=jax python scripts/benchmark.py                      # GPU: batch 32, 64³, bf16 and fp32
+    python scripts/benchmark.py --cpu                                   # reduced CPU mode (what the tests run)
+    python scripts/benchmark.py --data-dir 3DShapeNets.zip --category chair   # plus the data path
+
+One iteration is the chapter's: generate B volumes, update D on B real and B generated volumes, update G on B fresh
+latents — the same work and FLOP count as `shared/bench/torch_reference.py`, so the two samples/s compare directly
+when both run in the same device call. Prints one JSON line per measurement.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
+
+# forward FLOPs (2 × multiply-adds) per sample at 64³, layer by layer: (output positions, in channels, out channels)
+# for 4³ kernels — the same table as shared/bench/torch_reference.py, so TFLOP/s figures compare.
+_GENERATOR_LAYERS = [(1, 200, 512), (4**3, 512, 256), (8**3, 256, 128), (16**3, 128, 64), (32**3, 64, 1)]
+_DISCRIMINATOR_LAYERS = [(32**3, 1, 64), (16**3, 64, 128), (8**3, 128, 256), (4**3, 256, 512), (1, 512, 1)]
+FORWARD_GENERATOR = sum(2 * n * c_in * c_out * 64 for n, c_in, c_out in _GENERATOR_LAYERS)
+FORWARD_DISCRIMINATOR = sum(2 * n * c_in * c_out * 64 for n, c_in, c_out in _DISCRIMINATOR_LAYERS)
+
+
+def flops_per_iteration(batch):
+    """G forward; D forward+backward on real and on generated; G forward+backward through D (backward ≈ 2× forward)."""
+    return batch * (FORWARD_GENERATOR + 3 * FORWARD_DISCRIMINATOR * 2 + 3 * FORWARD_GENERATOR + 3 * FORWARD_DISCRIMINATOR)
+
+
+def peak_device_gib():
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            return stats.get("peak_bytes_in_use", 0) / 2**30
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**30
+    except Exception:  # memory statistics are a nicety: a backend without them reports 0
+        pass
+    return 0.0
+
+
+def block(value):
+    """Waits for the device to finish computing `value` (a metrics dict)."""
+    import keras
+
+    return keras.ops.convert_to_numpy(value["g_loss"])
+
+
+def time_iterations(precision, batch, iterations, warmup, seed=0):
+    import keras
+    import numpy as np
+
+    from threedgan.config import Config
+    from threedgan.latent import sample_latents
+    from threedgan.train import Gan, accelerator_present, configure_precision
+
+    config = Config.from_preset("book", batch_size=batch, mixed_precision=precision, seed=seed)
+    compute_dtype = configure_precision(config)
+    gan = Gan.build(config)
+    rng = np.random.default_rng(seed)
+    # Random occupancy at 10 %, as the reference uses; bit-packed on the device like the training loop's data.
+    volumes = keras.ops.convert_to_tensor(np.packbits(rng.random((batch * 4, 32**3)) > 0.9, axis=1))
+    latents = lambda: sample_latents(batch, config.z_size, config.z_stddev, seed=rng)
+
+    def iteration():
+        indices = keras.ops.convert_to_tensor(rng.integers(0, batch * 4, batch))
+        return gan.step(keras.ops.take(volumes, indices, axis=0), latents(), latents())
+
+    start = time.perf_counter()
+    block(iteration())
+    compile_seconds = time.perf_counter() - start
+    for _ in range(warmup):
+        block(iteration())
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        block(iteration())
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return dict(
+        impl="threedgan",
+        backend=keras.backend.backend(),
+        precision=compute_dtype,
+        batch=batch,
+        median_s=round(median, 4),
+        samples_per_s=round(batch / median, 1),
+        tflops=round(flops_per_iteration(batch) / median / 1e12, 2),
+        first_iteration_s=round(compile_seconds, 2),
+        peak_gib=round(peak_device_gib(), 2),
+        accelerator=accelerator_present(),
+        device=device_name(),
+    )
+
+
+def device_name():
+    import keras
+
+    try:
+        if keras.backend.backend() == "jax":
+            import jax
+
+            return jax.devices()[0].device_kind
+        if keras.backend.backend() == "torch":
+            import torch
+
+            return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    except Exception:
+        pass
+    return "cpu"
+
+
+def time_data_path(data_dir, category, rotations, batch, batches):
+    """Cold and cached load of a category, resident size, and how many batches/s the input pipeline can feed."""
+    import keras
+    import numpy as np
+
+    from threedgan.config import Config
+    from threedgan.data import load_dataset
+    from threedgan.latent import sample_latents
+
+    config = Config()
+    with tempfile.TemporaryDirectory() as cache_dir:
+        start = time.perf_counter()
+        dataset = load_dataset(data_dir, [category], rotations=rotations, cache_dir=cache_dir)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        load_dataset(data_dir, [category], rotations=rotations, cache_dir=cache_dir)
+        cached = time.perf_counter() - start
+    device_volumes = keras.ops.convert_to_tensor(dataset.packed)
+    rng = np.random.default_rng(0)
+    feeder = dataset.index_batches(batch, rng)
+    start = time.perf_counter()
+    for _ in range(batches):
+        try:
+            indices = next(feeder)
+        except StopIteration:
+            feeder = dataset.index_batches(batch, rng)
+            indices = next(feeder)
+        real = keras.ops.take(device_volumes, keras.ops.convert_to_tensor(indices), axis=0)
+        sample_latents(batch, config.z_size, config.z_stddev, seed=rng), sample_latents(batch, config.z_size, config.z_stddev, seed=rng)
+    keras.ops.convert_to_numpy(real)
+    feed = time.perf_counter() - start
+    return dict(
+        impl="threedgan-data",
+        category=category,
+        rotations=rotations,
+        volumes=len(dataset),
+        cold_load_s=round(cold, 2),
+        cached_load_s=round(cached, 3),
+        packed_mib=round(dataset.packed.nbytes / 2**20, 1),
+        max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        feed_batches_per_s=round(batches / feed, 1),
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="reduced CPU mode: batch 2, 2 iterations, float32")
+    parser.add_argument("--precision", nargs="+", default=None, choices=["bfloat16", "float32"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--data-dir", help="also time the data path on this archive or folder")
+    parser.add_argument("--category", default="chair")
+    parser.add_argument("--rotations", default="all", choices=["all", "canonical"])
+    parser.add_argument("--skip-step", action="store_true", help="only time the data path")
+    parser.add_argument("--json", help="append the JSON lines to this file too")
+    arguments = parser.parse_args(argv)
+    if arguments.cpu:
+        arguments.batch, arguments.iters, arguments.warmup = 2, 2, 0
+        arguments.precision = arguments.precision or ["float32"]
+    results = []
+    if not arguments.skip_step:
+        for precision in arguments.precision or ["bfloat16", "float32"]:
+            results.append(time_iterations(precision, arguments.batch, arguments.iters, arguments.warmup))
+            print(json.dumps(results[-1]), flush=True)
+    if arguments.data_dir:
+        batches = 20 if arguments.cpu else 200
+        results.append(time_data_path(arguments.data_dir, arguments.category, arguments.rotations, arguments.batch, batches))
+        print(json.dumps(results[-1]), flush=True)
+    if arguments.json:
+        with open(arguments.json, "a") as handle:
+            for result in results:
+                handle.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
