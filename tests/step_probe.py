@@ -37,7 +37,8 @@ def tiny_models():
     y = layers.Conv3D(2, 4, strides=4)(y)
     y = layers.BatchNormalization()(y)
     y = layers.Flatten()(y)
-    y = layers.Dense(1, activation="sigmoid", dtype="float32")(y)
+    y = layers.Dense(1)(y)
+    y = layers.Activation("sigmoid", dtype="float32")(y)
     return generator, keras.Model(v, y)
 
 

@@ -85,9 +85,10 @@ def test_chunking_does_not_change_the_iou_matrix(chunk_size):
     b = (rng.random((5, 10, 10, 10)) > 0.4).astype(np.uint8)
     whole = metrics.iou_distance_matrix(a, b, chunk_size=100)
     np.testing.assert_array_equal(metrics.iou_distance_matrix(a, b, chunk_size=chunk_size), whole)
-    np.testing.assert_array_equal(
-        metrics.iou_distance_matrix(a, chunk_size=chunk_size), metrics.iou_distance_matrix(a, chunk_size=100)
-    )
+    self_distances = metrics.iou_distance_matrix(a, chunk_size=chunk_size)
+    np.testing.assert_array_equal(self_distances, metrics.iou_distance_matrix(a, chunk_size=100))
+    np.testing.assert_allclose(self_distances, slow_iou_distances(a, a), atol=1e-12)
+    np.testing.assert_allclose(whole, slow_iou_distances(a, b), atol=1e-12)
 
 
 def test_iou_distance_matrix_rejects_bad_shapes():

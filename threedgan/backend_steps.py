@@ -27,19 +27,24 @@ import keras
 from keras import ops
 
 from threedgan.data import unpack_and_upsample
+from threedgan.models import discriminator_logits
 
 
-def binary_crossentropy(target: float, probabilities):
-    """Mean binary cross-entropy of float32 probabilities against a constant label (the chapter's loss)."""
-    probabilities = ops.cast(probabilities, "float32")
-    targets = ops.full_like(probabilities, target)
-    return ops.mean(keras.losses.binary_crossentropy(targets, probabilities))
+def binary_crossentropy(target: float, logits):
+    """The chapter's mean binary cross-entropy against a constant label, from D's logits in float32.
+
+    Same value as cross-entropy on the sigmoid's output, but its gradient never vanishes through clipping
+    (see `threedgan.models.discriminator_logits`).
+    """
+    logits = ops.cast(logits, "float32")
+    targets = ops.full_like(logits, target)
+    return ops.mean(keras.losses.binary_crossentropy(targets, logits, from_logits=True))
 
 
-def accuracy(real: bool, probabilities):
-    """Fraction of scores on the right side of 0.5: above it for real volumes, at or below it for generated ones."""
-    probabilities = ops.cast(probabilities, "float32")
-    correct = probabilities > 0.5 if real else probabilities <= 0.5
+def accuracy(real: bool, logits):
+    """Fraction of D's scores on the right side of 0.5 (logit 0): above for real volumes, at or below for generated."""
+    logits = ops.cast(logits, "float32")
+    correct = logits > 0 if real else logits <= 0
     return ops.mean(ops.cast(correct, "float32"))
 
 
@@ -119,15 +124,16 @@ class _JaxStep:
         self.optimizers = (generator_optimizer, discriminator_optimizer)
         self.state = self._read_variables()
         self._accuracy = jax.numpy.zeros((), "float32")
+        critic = discriminator_logits(discriminator)
         threshold = 2.0 if accuracy_threshold is None else float(accuracy_threshold)
 
         def discriminator_loss(d_trainable, d_non_trainable, volumes, target):
-            scores, d_non_trainable = discriminator.stateless_call(d_trainable, d_non_trainable, volumes, training=True)
+            scores, d_non_trainable = critic.stateless_call(d_trainable, d_non_trainable, volumes, training=True)
             return binary_crossentropy(target, scores), (d_non_trainable, scores)
 
         def generator_loss(g_trainable, g_non_trainable, d_trainable, d_non_trainable, latents):
             volumes, g_non_trainable = generator.stateless_call(g_trainable, g_non_trainable, latents, training=True)
-            scores, _ = discriminator.stateless_call(d_trainable, d_non_trainable, volumes, training=True)
+            scores, _ = critic.stateless_call(d_trainable, d_non_trainable, volumes, training=True)
             return binary_crossentropy(1.0, scores), g_non_trainable
 
         discriminator_grad = jax.value_and_grad(discriminator_loss, has_aux=True)
@@ -237,6 +243,7 @@ class _StatefulStep:
     ):
         self.real_label = real_label
         self.generator, self.discriminator = generator, discriminator
+        self.critic = discriminator_logits(discriminator)
         self.train_generator, self.train_discriminator = train_generator, train_discriminator
         self.generator_optimizer, self.discriminator_optimizer = generator_optimizer, discriminator_optimizer
         self.threshold = accuracy_threshold
@@ -262,20 +269,20 @@ class _StatefulStep:
         return loss, aux, list(torch.autograd.grad(loss, [v.value for v in variables]))
 
     def _iteration(self, real_packed, latents_fake, latents_generator, update_discriminator):
-        generator, discriminator = self.generator, self.discriminator
+        generator, discriminator, critic = self.generator, self.discriminator, self.critic
         fake = ops.stop_gradient(forward_without_side_effects(generator, latents_fake))
         losses, scores = [], []
         for volumes, target in ((unpack_and_upsample(real_packed), self.real_label), (fake, 0.0)):
             if update_discriminator:
 
                 def discriminator_loss():
-                    batch_scores = discriminator(volumes, training=True)
+                    batch_scores = critic(volumes, training=True)
                     return binary_crossentropy(target, batch_scores), batch_scores
 
                 loss, batch_scores, grads = self._gradients(discriminator_loss, discriminator.trainable_variables)
                 self.discriminator_optimizer.apply(grads, discriminator.trainable_variables)
             else:
-                batch_scores = forward_without_side_effects(discriminator, volumes)
+                batch_scores = forward_without_side_effects(critic, volumes)
                 loss = binary_crossentropy(target, batch_scores)
             losses.append(loss)
             scores.append(batch_scores)
@@ -285,7 +292,7 @@ class _StatefulStep:
                 volumes = generator(latents_generator, training=True)
             else:
                 volumes = forward_without_side_effects(generator, latents_generator)
-            return binary_crossentropy(1.0, forward_without_side_effects(discriminator, volumes)), None
+            return binary_crossentropy(1.0, forward_without_side_effects(critic, volumes)), None
 
         if self.train_generator:
             g_loss, _, grads = self._gradients(generator_loss, generator.trainable_variables)

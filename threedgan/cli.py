@@ -39,9 +39,10 @@ def user_errors_to_exit_code(main):
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"error: {message}", file=sys.stderr)
             return EXIT_USER_ERROR
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as interruption:
+            # Training's own interruption says which checkpoint it wrote and carries 128 + the signal's number.
+            print(str(interruption) or "interrupted", file=sys.stderr)
+            return getattr(interruption, "exit_status", 130)
 
     return wrapper
 
@@ -105,6 +106,23 @@ def train_parser() -> argparse.ArgumentParser:
     output.add_argument("--image-every-steps", type=_non_negative_int, help="sample renders interval (0: off)")
     output.add_argument("--checkpoint-every-steps", type=_non_negative_int, help="checkpoint interval (0: off)")
     output.add_argument("--keep-checkpoints", type=_positive_int)
+    resuming = output.add_mutually_exclusive_group()
+    resuming.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_const",
+        const="require",
+        default="auto",
+        help="continue from the newest checkpoint in --output-dir, failing if there is none "
+        "(without either flag a checkpoint there is used if present)",
+    )
+    resuming.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_const",
+        const="never",
+        help="start from scratch; earlier checkpoints are moved to <output-dir>/checkpoints-replaced-<time>",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -117,7 +135,7 @@ def config_from_train_arguments(arguments: argparse.Namespace):
     overrides = {
         name: value
         for name, value in vars(arguments).items()
-        if name not in ("config_file", "preset", "debug") and value is not None
+        if name not in ("config_file", "preset", "debug", "resume") and value is not None
     }
     if arguments.config_file:
         if arguments.preset:
@@ -133,7 +151,7 @@ def train_main(argv=None) -> int:
     config = config_from_train_arguments(arguments)
     from threedgan.train import train
 
-    metrics = train(config)
+    metrics = train(config, resume=arguments.resume)
     summary = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name in ("g_loss", "d_loss", "d_accuracy"))
     print(f"done: {summary}; weights in {config.output_dir}")
     return 0
@@ -157,6 +175,12 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--voxel-size", type=_positive_float, default=1.0, help="mesh units per voxel, in mm (default 1)")
     parser.add_argument("--keep-largest", action="store_true", help="meshes keep only their largest connected part")
     parser.add_argument("--image-size", type=_positive_int, default=256)
+    parser.add_argument(
+        "--batchnorm",
+        choices=["batch", "moving"],
+        default="batch",
+        help="BatchNorm statistics: each batch's own, as in training and the chapter (default), or the moving averages",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--interpolate",
@@ -181,6 +205,7 @@ def generate_main(argv=None) -> int:
 
     formats = generate.parse_formats(arguments.format)
     model = generate.load_generator(arguments.weights, arguments.config_file)
+    model.batch_statistics = arguments.batchnorm == "batch"
     options = dict(
         output_dir=arguments.output_dir,
         formats=formats,

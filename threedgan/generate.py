@@ -31,6 +31,7 @@ LATENTS_FILENAME = "latents.npy"
 class LoadedGenerator:
     config: Config
     generator: object
+    batch_statistics: bool = True
 
 
 def parse_formats(text: str) -> List[str]:
@@ -114,10 +115,6 @@ def write_outputs(
 
     A volume with nothing above `threshold` gets no mesh (a warning says so) rather than stopping the others.
     """
-    from threedgan.mesh import export_mesh, volume_to_mesh
-    from threedgan.render import render_volume, save_png
-    from threedgan.volume_io import save_volume
-
     os.makedirs(output_dir, exist_ok=True)
     written = []
     if PACKED_FORMAT in formats:
@@ -126,11 +123,18 @@ def write_outputs(
         base = os.path.join(output_dir, name)
         for fmt in (f for f in formats if f != PACKED_FORMAT):
             path = f"{base}.{fmt}"
+            # Imported per format: a machine that only writes volumes needs neither Pillow nor trimesh.
             if fmt in VOLUME_FORMATS:
+                from threedgan.volume_io import save_volume
+
                 save_volume(volume, path, threshold=threshold)
             elif fmt in IMAGE_FORMATS:
+                from threedgan.render import render_volume, save_png
+
                 save_png(render_volume(volume, threshold=threshold, image_size=image_size), path)
             else:
+                from threedgan.mesh import export_mesh, volume_to_mesh
+
                 try:
                     mesh = volume_to_mesh(volume, threshold, voxel_size, keep_largest_component)
                 except ValueError as error:
@@ -165,7 +169,7 @@ def load_packed_samples(path: str) -> np.ndarray:
 def _generate(model: LoadedGenerator, latents: np.ndarray) -> np.ndarray:
     from threedgan.train import generate_volumes
 
-    return generate_volumes(model.generator, latents, model.config.batch_size)
+    return generate_volumes(model.generator, latents, model.config.batch_size, model.batch_statistics)
 
 
 def _save_latents(latents: np.ndarray, output_dir: str, filename: str = LATENTS_FILENAME) -> str:

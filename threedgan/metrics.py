@@ -26,19 +26,6 @@ from scipy.spatial import cKDTree
 from skimage import measure
 
 
-def _binary_volumes(volumes, threshold):
-    """Returns `volumes` as a boolean (N, D, H, W) array of occupied voxels."""
-    volumes = np.asarray(volumes)
-    if volumes.ndim == 5 and volumes.shape[-1] == 1:
-        volumes = volumes[..., 0]
-    if volumes.ndim != 4:
-        raise ValueError(
-            "Expected volumes of shape (N, D, H, W) or (N, D, H, W, 1), "
-            f"got shape {volumes.shape}."
-        )
-    return volumes > threshold
-
-
 def _binary_volume(volume, threshold):
     """Returns one `volume` as a boolean (D, H, W) array of occupied voxels."""
     volume = np.asarray(volume)
@@ -52,6 +39,28 @@ def _binary_volume(volume, threshold):
     return volume > threshold
 
 
+def _volume_rows(volumes):
+    """Returns `volumes` as (N, voxels) rows, a view where the layout allows."""
+    volumes = np.asarray(volumes)
+    if volumes.ndim == 5 and volumes.shape[-1] == 1:
+        volumes = volumes[..., 0]
+    if volumes.ndim != 4:
+        raise ValueError(
+            "Expected volumes of shape (N, D, H, W) or (N, D, H, W, 1), "
+            f"got shape {volumes.shape}."
+        )
+    grid = volumes.shape[1:]
+    return volumes.reshape(len(volumes), int(np.prod(grid))), grid
+
+
+def _occupied_count(rows, threshold, chunk_size=128):
+    """Number of occupied voxels in (N, voxels) rows, thresholded by chunks."""
+    return sum(
+        int(np.count_nonzero(rows[start : start + chunk_size] > threshold))
+        for start in range(0, len(rows), chunk_size)
+    )
+
+
 def occupancy(volumes, threshold=0.5):
     """Mean fraction of occupied voxels over a set of volumes.
 
@@ -61,21 +70,25 @@ def occupancy(volumes, threshold=0.5):
         threshold: a voxel is occupied when its value is strictly greater.
 
     Returns:
-        Python float in [0, 1].
+        Python float in [0, 1] (NaN for an empty set).
 
     Raises:
         ValueError: if `volumes` does not have one of the accepted shapes.
     """
-    return float(_binary_volumes(volumes, threshold).mean())
+    rows, _ = _volume_rows(volumes)
+    if rows.size == 0:
+        return float("nan")
+    return _occupied_count(rows, threshold) / rows.size
 
 
 def iou_distance_matrix(a, b=None, threshold=0.5, chunk_size=128):
     """Pairwise 1 - IoU between two sets of voxel grids.
 
     Intersections are computed as a matrix product of the flattened binary
-    grids, block by block so that only `2 * chunk_size` grids are ever held
-    as floating point at once (a 128-grid block at 64^3 is 128 MiB).
-    Two empty grids have IoU 1 (distance 0): they are the same shape.
+    grids, block by block: the inputs are thresholded block by block too, so
+    beyond the inputs only `2 * chunk_size` grids are held at once as floats
+    (a 128-grid block at 64^3 is 128 MiB). Two empty grids have IoU 1
+    (distance 0): they are the same shape.
 
     Args:
         a: array of shape (N, D, H, W) or (N, D, H, W, 1), probabilities or
@@ -95,36 +108,42 @@ def iou_distance_matrix(a, b=None, threshold=0.5, chunk_size=128):
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
     symmetric = b is None
-    binary_a = _binary_volumes(a, threshold)
-    binary_b = binary_a if symmetric else _binary_volumes(b, threshold)
-    if binary_a.shape[1:] != binary_b.shape[1:]:
+    rows_a, grid_a = _volume_rows(a)
+    rows_b, grid_b = (rows_a, grid_a) if symmetric else _volume_rows(b)
+    if grid_a != grid_b:
         raise ValueError(
-            "Both sets must share one grid size, got "
-            f"{binary_a.shape[1:]} and {binary_b.shape[1:]}."
+            f"Both sets must share one grid size, got {grid_a} and {grid_b}."
         )
-    flat_a = binary_a.reshape(len(binary_a), -1)
-    flat_b = binary_b.reshape(len(binary_b), -1)
-    voxel_count = flat_a.shape[1]
     # float32 sums of 0/1 products are exact integers up to 2**24 voxels
     # (256^3); larger grids need float64 to keep intersections exact.
-    block_dtype = np.float32 if voxel_count <= 2**24 else np.float64
+    block_dtype = np.float32 if rows_a.shape[1] <= 2**24 else np.float64
 
-    intersections = np.empty((len(flat_a), len(flat_b)), dtype=np.float64)
-    for column_start in range(0, len(flat_b), chunk_size):
-        column_stop = min(column_start + chunk_size, len(flat_b))
-        block_b = flat_b[column_start:column_stop].astype(block_dtype)
-        for row_start in range(0, len(flat_a), chunk_size):
+    def binary_block(rows, start):
+        return (rows[start : start + chunk_size] > threshold).astype(block_dtype)
+
+    def occupied_counts(rows):
+        counts = [
+            np.count_nonzero(rows[start : start + chunk_size] > threshold, axis=1)
+            for start in range(0, len(rows), chunk_size)
+        ]
+        return np.concatenate(counts + [np.zeros(0)]).astype(np.float64)
+
+    counts_a = occupied_counts(rows_a)
+    counts_b = counts_a if symmetric else occupied_counts(rows_b)
+    intersections = np.empty((len(rows_a), len(rows_b)), dtype=np.float64)
+    for column_start in range(0, len(rows_b), chunk_size):
+        columns = slice(column_start, column_start + chunk_size)
+        block_b = binary_block(rows_b, column_start)
+        for row_start in range(0, len(rows_a), chunk_size):
             if symmetric and row_start > column_start:
                 break
-            row_stop = min(row_start + chunk_size, len(flat_a))
-            block_a = flat_a[row_start:row_stop].astype(block_dtype)
+            rows = slice(row_start, row_start + chunk_size)
+            block_a = binary_block(rows_a, row_start)
             block = block_a @ block_b.T
-            intersections[row_start:row_stop, column_start:column_stop] = block
+            intersections[rows, columns] = block
             if symmetric:
-                intersections[column_start:column_stop, row_start:row_stop] = block.T
+                intersections[columns, rows] = block.T
 
-    counts_a = flat_a.sum(axis=1, dtype=np.int64).astype(np.float64)
-    counts_b = flat_b.sum(axis=1, dtype=np.int64).astype(np.float64)
     unions = counts_a[:, None] + counts_b[None, :] - intersections
     iou = np.divide(
         intersections, unions, out=np.ones_like(intersections), where=unions > 0
@@ -207,10 +226,12 @@ def surface_point_sets(volumes, count=2048, seed=0, threshold=0.5):
     Raises:
         ValueError: if `volumes` does not have one of the accepted shapes.
     """
-    binary = _binary_volumes(volumes, threshold)
-    points = np.empty((len(binary), count, 3), dtype=np.float32)
-    for index, volume in enumerate(binary):
-        points[index] = sample_surface_points(volume, count=count, seed=seed)
+    rows, grid = _volume_rows(volumes)
+    points = np.empty((len(rows), count, 3), dtype=np.float32)
+    for index, row in enumerate(rows):
+        points[index] = sample_surface_points(
+            row.reshape(grid), count=count, seed=seed, threshold=threshold
+        )
     return points
 
 
@@ -393,6 +414,16 @@ def _mean_pairwise_iou(d_ss):
     return float(np.mean(1.0 - d_ss[upper]))
 
 
+def _packed_grids(rows, threshold, chunk_size=128):
+    """(N, voxels) rows thresholded and bit-packed by chunks to (N, voxels / 8) uint8."""
+    return np.concatenate(
+        [
+            np.packbits(rows[start : start + chunk_size] > threshold, axis=1)
+            for start in range(0, len(rows), chunk_size)
+        ]
+    )
+
+
 def evaluate_sets(
     samples,
     references,
@@ -437,32 +468,38 @@ def evaluate_sets(
     unknown = set(distances) - {"iou", "chamfer"}
     if unknown:
         raise ValueError(f"Unknown distances {sorted(unknown)}; use 'iou', 'chamfer'.")
-    binary_samples = _binary_volumes(samples, threshold)
-    binary_references = _binary_volumes(references, threshold)
-    if len(binary_samples) == 0 or len(binary_references) == 0:
+    sample_rows, sample_grid = _volume_rows(samples)
+    reference_rows, reference_grid = _volume_rows(references)
+    if len(sample_rows) == 0 or len(reference_rows) == 0:
         raise ValueError("Both the sample and the reference sets must be non-empty.")
-    if binary_samples.shape[1:] != binary_references.shape[1:]:
+    if sample_grid != reference_grid:
         raise ValueError(
             "Samples and references must share one grid size, got "
-            f"{binary_samples.shape[1:]} and {binary_references.shape[1:]}."
+            f"{sample_grid} and {reference_grid}."
         )
-    sample_count = len(binary_samples)
+    sample_count = len(sample_rows)
     results = {
         "sample_count": sample_count,
-        "reference_count": len(binary_references),
-        "sample_occupancy": float(binary_samples.mean()),
-        "reference_occupancy": float(binary_references.mean()),
+        "reference_count": len(reference_rows),
+        "sample_occupancy": occupancy(samples, threshold=threshold),
+        "reference_occupancy": occupancy(references, threshold=threshold),
     }
-    joint = np.concatenate([binary_samples, binary_references])
+
     # A collapsed generator repeats shapes: measure each distinct grid once and
     # copy its row and column. Identical grids get the same surface points,
-    # so this gives exactly the matrices of the full computation.
-    packed = np.packbits(joint.reshape(len(joint), -1), axis=1)
+    # so this gives exactly the matrices of the full computation. Bit-packed
+    # grids keep the union of both sets at one bit a voxel.
+    packed = np.concatenate(
+        [_packed_grids(sample_rows, threshold), _packed_grids(reference_rows, threshold)]
+    )
     _, first_index, inverse = np.unique(
         packed, axis=0, return_index=True, return_inverse=True
     )
     inverse = inverse.reshape(-1)
-    distinct = joint[first_index]
+    distinct = np.unpackbits(
+        packed[first_index], axis=1, count=sample_rows.shape[1]
+    ).reshape((len(first_index),) + sample_grid)
+    del packed
 
     def expand(distinct_distances):
         return distinct_distances[np.ix_(inverse, inverse)]
@@ -470,8 +507,9 @@ def evaluate_sets(
     joint_iou = expand(iou_distance_matrix(distinct))
     if "iou" in distances:
         results.update(_set_scores(joint_iou, sample_count, "iou"))
-    sample_iou = joint_iou[:sample_count, :sample_count]
-    results["mean_pairwise_iou_samples"] = _mean_pairwise_iou(sample_iou)
+    results["mean_pairwise_iou_samples"] = _mean_pairwise_iou(
+        joint_iou[:sample_count, :sample_count]
+    )
 
     if "chamfer" in distances:
         point_sets = surface_point_sets(distinct, count=points, seed=seed)

@@ -94,6 +94,31 @@ def build_discriminator(config) -> keras.Model:
     return keras.Model(volume, x, name="discriminator")
 
 
+def discriminator_logits(discriminator: keras.Model) -> keras.Model:
+    """The discriminator without its final sigmoid, sharing every layer and variable with it.
+
+    Training takes the cross-entropy from these logits: the same loss as the chapter's binary cross-entropy on the
+    sigmoid's output, but without Keras' clipping of probabilities to [1e-7, 1 − 1e-7], whose gradient is exactly
+    zero once D saturates — which stalls the chapter's recipe for good (g_loss stuck at 16.1 = −log 1e-7).
+
+    Args:
+        discriminator: a model from `build_discriminator`.
+
+    Returns:
+        A model mapping volumes to (batch, 1, 1, 1, 1) logits, whose variables are `discriminator`'s, in order.
+
+    Raises:
+        ValueError: the model does not end in a sigmoid `Activation` layer, as `build_discriminator`'s does.
+    """
+    last = discriminator.layers[-1]
+    if not (isinstance(last, layers.Activation) and last.activation is keras.activations.sigmoid):
+        raise ValueError(f"expected a discriminator ending in a sigmoid Activation layer, got a final layer {last.name!r}")
+    logits = keras.Model(discriminator.input, last.input, name="discriminator_logits")
+    if [id(v) for v in logits.variables] != [id(v) for v in discriminator.variables]:
+        raise ValueError("the logits model must share the discriminator's variables in the same order")
+    return logits
+
+
 def build_feature_extractor(discriminator: keras.Model, blocks=(2, 3, 4), pool_sizes=(8, 4, 2)) -> keras.Model:
     """The paper's shape descriptor (section 4.2): D's responses of conv layers 2–4, max-pooled and concatenated.
 

@@ -5,12 +5,20 @@ shuffled batches. Each iteration is one `backend_steps` step (D on real, D on ge
 TensorBoard every `log_every_steps` iterations (fetched from the device in one go, so the accelerator never waits for
 the host), sample renders every `image_every_steps`, checkpoints every `checkpoint_every_steps`, and the weights plus
 `config.json` into `config.output_dir` at the end, as the chapter's `generated_volumes/`.
+
+Runs survive: a run finds the newest intact checkpoint in `<output_dir>/checkpoints/` and continues from it, with the
+same batches and latents it would have drawn (see `threedgan.checkpoint`); Ctrl-C or SIGTERM writes a checkpoint
+after the current step and exits; a non-finite loss stops training before any checkpoint could hold it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -19,9 +27,19 @@ import keras
 import numpy as np
 
 from threedgan.backend_steps import forward_without_side_effects, make_train_step
+from threedgan.checkpoint import (
+    CHECKPOINT_FOLDER,
+    CheckpointFolder,
+    TrainingState,
+    config_differences,
+    dataset_fingerprint,
+    exclusive_use,
+    remove_temporary_outputs,
+    restore,
+)
 from threedgan.config import Config
 from threedgan.data import VoxelDataset, load_config_dataset
-from threedgan.errors import ConfigError, TrainingError
+from threedgan.errors import ConfigError, TrainingError, WeightsError
 from threedgan.latent import sample_latents
 from threedgan.models import build_discriminator, build_generator
 from threedgan.weights import save_weights_h5
@@ -30,6 +48,23 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_WEIGHTS = "generator_weights.h5"
 DISCRIMINATOR_WEIGHTS = "discriminator_weights.h5"
+# `auto` continues from a checkpoint in the output folder if there is one; `require` (`--resume`) insists on one;
+# `never` (`--no-resume`) sets earlier checkpoints aside and starts from scratch.
+RESUME_MODES = ("auto", "require", "never")
+# Signals that stop training cleanly: Ctrl-C, and what schedulers and `kill` send before a SIGKILL.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised once a stop signal has been honoured; the message says what was saved where.
+
+    Attributes:
+        exit_status: 128 + the signal's number, the shell's convention (130 for Ctrl-C, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_status = 128 + signal_number
 
 
 def accelerator_present() -> bool:
@@ -103,28 +138,50 @@ class Gan:
         self.config.save(directory)
 
 
-def generate_volumes(generator: keras.Model, latents: np.ndarray, batch_size: int) -> np.ndarray:
-    """Runs the generator on latents in chunks of `batch_size`, BatchNorm on batch statistics as in training.
+def generate_volumes(generator: keras.Model, latents: np.ndarray, batch_size: int, batch_statistics: bool = True) -> np.ndarray:
+    """Runs the generator on latents in chunks of `batch_size`.
 
-    The chapter's generator always normalises with the statistics of the batch it is given (`training=True`); the
-    moving averages lag far behind a generator trained at the chapter's learning rate. Fixed chunks make the output
-    for a given list of latents deterministic.
+    Args:
+        generator: a model from `build_generator`.
+        latents: (n, z_size) float32.
+        batch_size: chunk size; use the training batch size, so BatchNorm sees batches like those it was trained on.
+        batch_statistics: `True` normalises with each chunk's own statistics, as the chapter's generator always
+            does (`training=True`); `False` uses the moving averages (Keras' inference mode). A short last chunk is
+            filled up with latents from the start of the list so its statistics come from a full batch.
 
     Returns:
-        float32 numpy array (n, 64, 64, 64) of occupancy probabilities.
+        float32 numpy array (n, 64, 64, 64) of occupancy probabilities; the same latents give the same volumes.
     """
     outputs = []
     for start in range(0, len(latents), batch_size):
-        chunk = keras.ops.convert_to_tensor(latents[start : start + batch_size])
-        volumes = forward_without_side_effects(generator, chunk)
-        outputs.append(keras.ops.convert_to_numpy(keras.ops.cast(volumes, "float32"))[..., 0])
+        chunk = latents[start : start + batch_size]
+        count = len(chunk)
+        if batch_statistics and count < batch_size and len(latents) > count:
+            chunk = np.concatenate([chunk, np.resize(latents, (batch_size - count, latents.shape[1]))])
+        chunk = keras.ops.convert_to_tensor(chunk)
+        if batch_statistics:
+            volumes = forward_without_side_effects(generator, chunk)
+        else:
+            volumes = generator(chunk, training=False)
+        outputs.append(keras.ops.convert_to_numpy(keras.ops.cast(volumes, "float32"))[:count, ..., 0])
     return np.concatenate(outputs) if outputs else np.zeros((0, 64, 64, 64), np.float32)
 
 
 class Trainer:
-    """Runs the training loop for one config; `train(config)` is the usual entry."""
+    """Runs the training loop for one config; `train(config)` is the usual entry.
 
-    def __init__(self, config: Config, dataset: Optional[VoxelDataset] = None, log_every_steps: int = 10):
+    Args:
+        config: the run's `Config`.
+        dataset: volumes to train on; `None` loads them as `config` says.
+        log_every_steps: how many steps' metrics are fetched from the device at once.
+        resume: one of `RESUME_MODES`: what to do with checkpoints already in `<output_dir>/checkpoints`.
+    """
+
+    def __init__(
+        self, config: Config, dataset: Optional[VoxelDataset] = None, log_every_steps: int = 10, resume: str = "auto"
+    ):
+        if resume not in RESUME_MODES:
+            raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}")
         self.config = config
         self.precision = configure_precision(config)
         self.dataset = dataset if dataset is not None else load_config_dataset(config)
@@ -141,8 +198,17 @@ class Trainer:
         self.log_every_steps = max(1, log_every_steps)
         self.step_count = 0
         self.epoch = 0
-        run_name = config.run_name or time.strftime(f"{'-'.join(config.categories)}-%Y%m%d-%H%M%S")
-        self.run_logdir = os.path.join(config.logdir, run_name)
+        # Where the run stands inside the current epoch; `None` order means the next epoch has not drawn one yet.
+        self.epoch_order = None
+        self.batch_index = 0
+        self.epoch_totals = {}
+        self.epoch_metrics = {}
+        self.resume = resume
+        self.checkpoints = CheckpointFolder(os.path.join(config.output_dir, CHECKPOINT_FOLDER), config.keep_checkpoints)
+        self.last_checkpoint = None  # (path, step) of the newest checkpoint written or resumed from
+        self.stop_signal = None  # set by a signal handler, honoured between steps
+        self.run_name = config.run_name or time.strftime(f"{'-'.join(config.categories)}-%Y%m%d-%H%M%S")
+        self.run_logdir = os.path.join(config.logdir, self.run_name)
         # Fixed latents for the images in TensorBoard, so successive images show the same shapes improving.
         self.image_latents = sample_latents(config.images_per_log, config.z_size, config.z_stddev, seed=config.seed + 1)
         self.history = []
@@ -158,67 +224,224 @@ class Trainer:
             sample_latents(config.batch_size, config.z_size, config.z_stddev, seed=self.rng),
         )
 
+    @functools.cached_property
+    def data_fingerprint(self) -> str:
+        return dataset_fingerprint(self.dataset)
+
     def train(self) -> dict:
-        """Trains for `config.epochs` epochs and returns the last epoch's mean metrics."""
+        """Trains until `config.epochs` epochs are done and returns the last epoch's mean metrics.
+
+        First continues from the newest intact checkpoint of `<output_dir>/checkpoints` (as `resume` says).
+
+        Raises:
+            TrainingError: a loss or a weight became non-finite; the newest checkpoint is still the last good one.
+            TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint was written after the current step.
+            ConfigError: a checkpoint of another config or other data is in the way, `--resume` found none, or
+                another run is using the output folder.
+            WeightsError: every checkpoint present is damaged, or one does not fit the networks.
+        """
         from threedgan.tensorboard_writer import SummaryWriter
 
         config = self.config
         os.makedirs(config.output_dir, exist_ok=True)
-        config.save(config.output_dir)
-        logger.info(
-            "training on %d volumes, %d batches of %d per epoch, backend %s, %s",
-            len(self.dataset),
-            self.batches_per_epoch,
-            config.batch_size,
-            keras.backend.backend(),
-            self.precision,
-        )
-        epoch_metrics = {}
-        started = time.perf_counter()
-        with SummaryWriter(self.run_logdir) as writer:
-            writer.graph(self.gan.generator)
-            writer.graph(self.gan.discriminator)
-            while self.epoch < config.epochs:
-                progress = keras.utils.Progbar(self.batches_per_epoch, stateful_metrics=["g_loss", "d_loss", "d_acc"])
-                pending, totals = [], {}
-                for batch_index, indices in enumerate(self.dataset.index_batches(config.batch_size, self.rng)):
-                    real = keras.ops.take(self.device_volumes, keras.ops.convert_to_tensor(indices), axis=0)
-                    pending.append(self.gan.step(real, *self._latents()))
-                    self.step_count += 1
-                    last_batch = batch_index + 1 == self.batches_per_epoch or self._budget_spent(started)
-                    if len(pending) >= self.log_every_steps or last_batch:
-                        for offset, metrics in enumerate(self._fetch(pending)):
-                            step = self.step_count - len(pending) + offset + 1
-                            writer.scalars(metrics, step, prefix="step/")
-                            for name, value in metrics.items():
-                                totals[name] = totals.get(name, 0.0) + value
-                        progress.update(
-                            batch_index + 1,
-                            [("g_loss", metrics["g_loss"]), ("d_loss", metrics["d_loss"]), ("d_acc", metrics["d_accuracy"])],
-                        )
-                        pending = []
-                    if config.image_every_steps and self.step_count % config.image_every_steps == 0:
-                        self._log_images(writer)
-                    if self._budget_spent(started) and not pending:
-                        break
-                self.epoch += 1
-                epoch_metrics = {name: total / (batch_index + 1) for name, total in totals.items()}
-                writer.scalars(epoch_metrics, self.epoch, prefix="epoch/")
-                self.history.append(epoch_metrics)
-                writer.flush()
-                if self._budget_spent(started):
-                    logger.info("stopping at step %d: max_steps or time budget reached", self.step_count)
-                    break
-            self._log_images(writer)
-        self.gan.save_weights(config.output_dir)
+        with exclusive_use(config.output_dir):
+            self._start_or_resume()
+            logger.info(
+                "training on %d volumes, %d batches of %d per epoch, backend %s, %s",
+                len(self.dataset),
+                self.batches_per_epoch,
+                config.batch_size,
+                keras.backend.backend(),
+                self.precision,
+            )
+            with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals():
+                writer.graph(self.gan.generator)
+                writer.graph(self.gan.discriminator)
+                while self.epoch < config.epochs:
+                    self._train_epoch(writer)
+                self._log_images(writer)
+            if config.checkpoint_every_steps and self._steps_since_checkpoint():
+                self._save_checkpoint()
+            # config.json is written only here, beside the weights it describes: a run that fails or is stopped
+            # leaves an earlier run's weights and config in the output folder as they were.
+            self.gan.save_weights(config.output_dir)
         logger.info("wrote %s, %s and config.json to %s", GENERATOR_WEIGHTS, DISCRIMINATOR_WEIGHTS, config.output_dir)
-        return epoch_metrics
+        return self.epoch_metrics
 
-    def _budget_spent(self, started: float) -> bool:
+    def _train_epoch(self, writer) -> None:
+        """Runs the rest of the current epoch (all of it, unless resumed mid-epoch)."""
         config = self.config
-        if config.max_steps is not None and self.step_count >= config.max_steps:
-            return True
-        return config.time_budget_minutes is not None and time.perf_counter() - started >= 60 * config.time_budget_minutes
+        if self.epoch_order is None:
+            # The same draw as `VoxelDataset.index_batches`; kept, so that a run resumed mid-epoch sees the same batches.
+            self.epoch_order = self.rng.permutation(len(self.dataset))
+            self.batch_index, self.epoch_totals = 0, {}
+        progress = keras.utils.Progbar(self.batches_per_epoch, stateful_metrics=["g_loss", "d_loss", "d_acc"])
+        pending = []
+        while True:
+            start = self.batch_index * config.batch_size
+            indices = self.epoch_order[start : start + config.batch_size]
+            real = keras.ops.take(self.device_volumes, keras.ops.convert_to_tensor(indices), axis=0)
+            pending.append(self.gan.step(real, *self._latents()))
+            self.step_count += 1
+            self.batch_index += 1
+            last_batch = self.batch_index == self.batches_per_epoch
+            checkpoint_due = bool(config.checkpoint_every_steps) and self.step_count % config.checkpoint_every_steps == 0
+            stopping = self.stop_signal is not None
+            if len(pending) >= self.log_every_steps or last_batch or checkpoint_due or stopping:
+                # Losses are checked before a checkpoint is written, so no checkpoint ever holds a diverged state.
+                self._record(pending, writer, progress)
+                pending = []
+            if config.image_every_steps and self.step_count % config.image_every_steps == 0:
+                self._log_images(writer)
+            if last_batch:
+                self._end_epoch(writer)
+            if checkpoint_due:
+                self._save_checkpoint()
+            if stopping:
+                self._stop()
+            if last_batch:
+                return
+
+    def _record(self, pending, writer, progress) -> None:
+        for offset, metrics in enumerate(self._fetch(pending)):
+            step = self.step_count - len(pending) + offset + 1
+            writer.scalars(metrics, step, prefix="step/")
+            for name, value in metrics.items():
+                self.epoch_totals[name] = self.epoch_totals.get(name, 0.0) + value
+        progress.update(
+            self.batch_index,
+            [("g_loss", metrics["g_loss"]), ("d_loss", metrics["d_loss"]), ("d_acc", metrics["d_accuracy"])],
+        )
+
+    def _end_epoch(self, writer) -> None:
+        self.epoch += 1
+        self.epoch_metrics = {name: total / self.batches_per_epoch for name, total in self.epoch_totals.items()}
+        writer.scalars(self.epoch_metrics, self.epoch, prefix="epoch/")
+        self.history.append(self.epoch_metrics)
+        writer.flush()
+        self.epoch_order, self.batch_index, self.epoch_totals = None, 0, {}
+
+    # ------------------------------------------------------------------------------------- checkpoints and resuming
+
+    def _start_or_resume(self) -> None:
+        """Clears what a killed run left half-written, then continues from a checkpoint as `self.resume` says."""
+        for path in self.checkpoints.remove_temporary() + remove_temporary_outputs(self.config.output_dir):
+            logger.info("removed %s, left by an interrupted write", path)
+        if self.resume == "never":
+            moved = self.checkpoints.set_aside()
+            if moved:
+                logger.warning("--no-resume: moved the earlier checkpoints to %s", moved)
+            return
+        checkpoint = self.checkpoints.load_latest()
+        if checkpoint is None:
+            if self.resume == "require":
+                raise ConfigError(f"--resume: no checkpoint to resume from in {self.checkpoints.directory}")
+            return
+        self._resume_from(checkpoint)
+
+    def _resume_from(self, checkpoint) -> None:
+        differences = config_differences(checkpoint.config, self.config)
+        if differences:
+            listed = "; ".join(f"{name} {saved!r} there, {current!r} now" for name, saved, current in differences)
+            raise ConfigError(
+                f"checkpoint {checkpoint.path} was written with another config ({listed}); "
+                "pass --no-resume to start over, or another --output-dir"
+            )
+        state = checkpoint.state
+        if state.data_fingerprint != self.data_fingerprint:
+            raise ConfigError(
+                f"checkpoint {checkpoint.path} was trained on other volumes than this run loads; "
+                "pass --no-resume to start over, or another --output-dir"
+            )
+        if (state.backend, state.precision) != (keras.backend.backend(), self.precision):
+            logger.warning(
+                "checkpoint %s was written by backend %s in %s, this run uses %s in %s: it continues, but not bit for bit",
+                checkpoint.path, state.backend, state.precision, keras.backend.backend(), self.precision,
+            )
+        restore(self.gan, checkpoint)
+        try:
+            self.rng.bit_generator.state = state.rng_state
+        except (TypeError, ValueError, KeyError) as error:
+            raise WeightsError(f"checkpoint {checkpoint.path} holds an unusable random generator state ({error})") from None
+        self.step_count, self.epoch, self.batch_index = state.step, state.epoch, state.batch_index
+        self.epoch_order = state.epoch_order
+        self.epoch_totals, self.epoch_metrics = dict(state.epoch_totals), dict(state.epoch_metrics)
+        if self.config.run_name is None:
+            # Keep writing to the interrupted run's TensorBoard folder, so its charts simply continue.
+            self.run_name = state.run_name
+            self.run_logdir = os.path.join(self.config.logdir, self.run_name)
+        self.last_checkpoint = (checkpoint.path, state.step)
+        logger.info(
+            "resuming from %s: step %d, epoch %d, batch %d of %d",
+            checkpoint.path, state.step, state.epoch + 1, state.batch_index, self.batches_per_epoch,
+        )
+
+    def _steps_since_checkpoint(self) -> int:
+        return self.step_count - (self.last_checkpoint[1] if self.last_checkpoint else 0)
+
+    def _save_checkpoint(self) -> str:
+        state = TrainingState(
+            step=self.step_count,
+            epoch=self.epoch,
+            batch_index=self.batch_index,
+            epoch_order=self.epoch_order,
+            rng_state=self.rng.bit_generator.state,
+            last_accuracy=float(self.gan.step.last_accuracy),
+            run_name=self.run_name,
+            data_fingerprint=self.data_fingerprint,
+            backend=keras.backend.backend(),
+            precision=self.precision,
+            epoch_totals=dict(self.epoch_totals),
+            epoch_metrics=dict(self.epoch_metrics),
+        )
+        try:
+            path = self.checkpoints.save(self.gan, state)
+        except TrainingError as error:
+            raise TrainingError(f"{error}; {self._last_checkpoint_text()}") from None
+        self.last_checkpoint = (path, self.step_count)
+        logger.debug("wrote checkpoint %s", path)
+        return path
+
+    def _last_checkpoint_text(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written" + ("" if self.config.checkpoint_every_steps else " (checkpoints are off)")
+        return f"the last good checkpoint is {self.last_checkpoint[0]} (step {self.last_checkpoint[1]})"
+
+    def _stop(self) -> None:
+        """Honours a stop signal between two steps: writes a checkpoint, then raises `TrainingInterrupted`."""
+        signal_name = signal.Signals(self.stop_signal).name
+        if not self.config.checkpoint_every_steps:
+            saved = "checkpoints are off (--checkpoint-every-steps 0), so nothing was saved"
+        else:
+            if self._steps_since_checkpoint():
+                self._save_checkpoint()
+            saved = f"checkpoint in {self.last_checkpoint[0]}; run the same command again to resume"
+        raise TrainingInterrupted(f"interrupted by {signal_name} after step {self.step_count}: {saved}", self.stop_signal)
+
+    @contextlib.contextmanager
+    def _deferred_stop_signals(self):
+        """Turns Ctrl-C and SIGTERM into a request that the loop honours after the current step.
+
+        Stopping inside a step could leave the variables one step ahead of the step count; between steps, the
+        checkpoint describes the state exactly. A second signal stops at once, without a checkpoint. Only the main
+        thread may install signal handlers; elsewhere signals keep their usual effect.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signal_number, frame):
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt
+            self.stop_signal = signal_number
+
+        previous = {number: signal.signal(number, request_stop) for number in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                if handler is not None:
+                    signal.signal(number, handler)
 
     def _fetch(self, pending):
         """Moves a list of per-step metric dicts to the host in one transfer and checks the losses are finite."""
@@ -231,8 +454,8 @@ class Trainer:
             if not (np.isfinite(row["g_loss"]) and np.isfinite(row["d_loss"])):
                 step = self.step_count - len(rows) + offset + 1
                 raise TrainingError(
-                    f"non-finite loss at step {step} (g_loss={row['g_loss']}, d_loss={row['d_loss']}); "
-                    f"the last good weights are in {self.config.output_dir}"
+                    f"non-finite loss at step {step} (g_loss={row['g_loss']}, d_loss={row['d_loss']}); training "
+                    f"stopped, {self._last_checkpoint_text()}"
                 )
         return rows
 
@@ -244,12 +467,14 @@ class Trainer:
         writer.image("samples", render_grid(volumes, image_size=128), self.step_count)
 
 
-def train(config: Config, dataset: Optional[VoxelDataset] = None) -> dict:
-    """Trains a 3D-GAN as `config` says.
+def train(config: Config, dataset: Optional[VoxelDataset] = None, resume: str = "auto") -> dict:
+    """Trains a 3D-GAN as `config` says, continuing from a checkpoint in `config.output_dir` if there is one.
 
     Args:
         config: the run's `Config`.
         dataset: volumes to train on; `None` loads them as `config` says.
+        resume: `"auto"` continues from the newest intact checkpoint if any, `"require"` fails without one,
+            `"never"` sets earlier checkpoints aside and starts from scratch.
 
     Returns:
         The last epoch's mean metrics (`g_loss`, `d_loss`, `d_accuracy_real`, `d_accuracy_fake`, ...).
@@ -258,5 +483,7 @@ def train(config: Config, dataset: Optional[VoxelDataset] = None) -> dict:
         DataError: the data cannot be found or read.
         ConfigError: an invalid setting (for example a batch larger than the data).
         TrainingError: a loss became non-finite.
+        TrainingInterrupted: Ctrl-C or SIGTERM (a checkpoint was written first).
+        WeightsError: every checkpoint in the output folder is damaged, or one does not fit the networks.
     """
-    return Trainer(config, dataset).train()
+    return Trainer(config, dataset, resume=resume).train()
