@@ -1,7 +1,8 @@
 """Checkpoints and resuming, in-process on the TensorFlow backend with small stand-in networks (tests/fast_models.py).
 
 Exact resume: a run stopped by Ctrl-C mid-epoch and resumed gives the same per-step losses, epoch means and final
-weights as an uninterrupted run (TensorFlow on CPU, same seed; no determinism flags were needed). Also: a damaged
+weights as an uninterrupted run (TensorFlow on CPU, same seed; no determinism flags were needed; JAX, whose step keeps
+its state outside the Keras variables, through tests/resume_probe.py in a subprocess). Also: a damaged
 newest checkpoint is skipped, temporary leftovers are removed, a NaN stops training with the step and the last good
 checkpoint named, config mismatches name the fields, and a checkpoint holding a pickle is refused, never unpickled.
 """
@@ -9,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -151,6 +154,18 @@ def test_ctrl_c_writes_a_checkpoint_and_resuming_matches_an_uninterrupted_run(
         for (path, value), (_, expected) in zip(last.optimizer_values[group], reference_last.optimizer_values[group]):
             np.testing.assert_array_equal(value, expected, err_msg=path)
     assert last.state.rng_state == reference_last.state.rng_state
+
+
+def test_max_steps_stops_mid_epoch_and_a_larger_budget_continues_exactly(reference_run, data_dir, tmp_path, fast_networks):
+    reference_root, _ = reference_run
+    argv = arguments(data_dir, tmp_path, "budget")
+    assert train_main(argv + ["--max-steps", "4"]) == 0
+    assert checkpoint_steps(str(tmp_path / "budget")) == [2, 4]
+    state = checkpoints.read_checkpoint(str(tmp_path / "budget" / "checkpoints" / "ckpt-00000004")).state
+    assert (state.epoch, state.batch_index) == (1, 1), "stopped inside the second epoch, and the checkpoint says where"
+    assert train_main(argv) == 0
+    reference = step_scalars(str(reference_root / "logs" / "reference"), "step/g_loss")
+    assert step_scalars(str(tmp_path / "logs" / "budget"), "step/g_loss") == reference
 
 
 def test_sigterm_also_checkpoints_and_exits_143(data_dir, tmp_path, fast_networks, monkeypatch, capsys):
@@ -316,3 +331,35 @@ def test_a_checkpoint_of_another_architecture_is_refused(reference_run, tmp_path
     gan = train_module.Gan.build(config)
     with pytest.raises(WeightsError, match=r"does not fit: its generator_optimizer has 10 variables, this run's has \d+"):
         checkpoints.restore(gan, checkpoint)
+
+
+def test_resume_is_exact_on_jax(tmp_path):
+    """The JAX step keeps its state outside the Keras variables: checkpoints sync it out and reload it."""
+    pytest.importorskip("jax")
+    probe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resume_probe.py")
+    environment = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, probe, str(tmp_path)], env=environment, capture_output=True, text=True, timeout=600)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    report = json.loads(lines[-1][len("PROBE "):])
+    assert report["backend"] == "jax" and report["stopped_after_steps"] == 5
+    assert report["resumed_losses"] == report["reference_losses"]
+    assert report["weights_identical"] and report["epoch_metrics_identical"]
+
+
+def test_the_package_never_loads_pickles():
+    """Every loader reads arrays, JSON or HDF5 only: no pickle, every np.load refuses object arrays, no full models."""
+    import ast
+
+    package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "threedgan")
+    for name in sorted(os.listdir(package)):
+        if not name.endswith(".py"):
+            continue
+        source = open(os.path.join(package, name)).read()
+        assert "import pickle" not in source and "torch.load(" not in source and "load_model(" not in source, name
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+                if isinstance(node.func.value, ast.Name) and node.func.value.id in ("np", "numpy"):
+                    keywords = {keyword.arg: keyword.value for keyword in node.keywords}
+                    refused = keywords.get("allow_pickle")
+                    assert isinstance(refused, ast.Constant) and refused.value is False, f"{name}:{node.lineno}"

@@ -68,6 +68,8 @@ FIELDS_FREE_ON_RESUME = (
     "data_dir",
     "cache_dir",
     "epochs",
+    "max_steps",
+    "time_budget_minutes",
     "output_dir",
     "logdir",
     "run_name",
@@ -396,8 +398,10 @@ def _read_epoch_order(path: str) -> np.ndarray:
     try:
         order = np.load(path, allow_pickle=False)
     except ValueError as error:
-        # Object arrays are stored as pickles; loading them could run code, so they are refused, never unpickled.
-        raise WeightsError(f"{path} cannot be read without unpickling Python objects; refusing it ({error})") from None
+        if "allow_pickle" in str(error):
+            # Object arrays are stored as pickles; loading one could run code, so it is refused, never unpickled.
+            raise WeightsError(f"{path} cannot be read without unpickling Python objects; refusing it") from None
+        raise WeightsError(f"{path} cannot be read ({error})") from None
     except OSError as error:
         raise WeightsError(f"{path} cannot be read ({error})") from None
     if order.ndim != 1 or order.dtype.kind not in "iu":

@@ -83,7 +83,7 @@ def train_parser() -> argparse.ArgumentParser:
     data.add_argument("--cache-dir", help="where parsed data is cached (default ~/.cache/threedgan)")
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--config", dest="config_file", help="start from this config.json instead of a preset")
-    recipe.add_argument("--preset", choices=["book", "paper"], default=None, help="training recipe (default book)")
+    recipe.add_argument("--preset", choices=["book", "paper", "better"], default=None, help="training recipe (default book)")
     recipe.add_argument("--epochs", type=_positive_int)
     recipe.add_argument("--batch-size", type=_positive_int)
     recipe.add_argument("--generator-learning-rate", "--g-lr", type=_positive_float)

@@ -157,8 +157,12 @@ class _FolderSource(_Source):
         return [os.path.abspath(self.path), digest.hexdigest()]
 
     def read(self, relative_name: str) -> bytes:
-        with open(os.path.join(self.path, relative_name), "rb") as handle:
-            return handle.read()
+        path = os.path.join(self.path, relative_name)
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as error:
+            raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
 
     def close(self) -> None:
         pass
@@ -208,9 +212,12 @@ def resolve_data_path(data_dir: Optional[str]) -> str:
     """The data location to use: the argument, else `$THREEDGAN_DATA`, else the chapter's archive, downloaded.
 
     Raises:
-        DataError: nothing given and the download failed (the message says what to download and which flag to pass).
+        DataError: an empty path was given (`--data-dir ""` must not quietly mean "download"), or nothing was given
+            and the download failed (the message says what to download and which flag to pass).
     """
-    if data_dir:
+    if data_dir is not None:
+        if not str(data_dir).strip():
+            raise DataError("the data path is empty; pass --data-dir PATH, or leave the flag out to use the default")
         return data_dir
     if os.environ.get(DATA_ENVIRONMENT_VARIABLE):
         return os.environ[DATA_ENVIRONMENT_VARIABLE]
@@ -239,10 +246,19 @@ def open_source(path: str) -> _Source:
         if root is None:
             raise DataError(f"no 3DShapeNets volumes (<category>/30/train/*.mat) found under {path}")
         source = _FolderSource(root)
-    elif zipfile.is_zipfile(path):
-        source = _ZipSource(path)
     else:
-        raise DataError(f"data path is neither a folder nor a zip archive: {path}")
+        try:
+            # zipfile.is_zipfile answers False for a file it cannot open; say why instead.
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise DataError(f"cannot read data path {path}: {error.strerror or error}") from None
+        if zipfile.is_zipfile(path):
+            source = _ZipSource(path)
+        elif path.lower().endswith(".zip"):
+            raise DataError(f"data path {path} is not a readable zip archive (damaged or truncated?)")
+        else:
+            raise DataError(f"data path is neither a folder nor a zip archive: {path}")
     if not source.members:
         source.close()
         raise DataError(f"no 3DShapeNets volumes (<category>/30/train/*.mat) found in {path}")

@@ -254,11 +254,14 @@ class Trainer:
                 keras.backend.backend(),
                 self.precision,
             )
+            started = time.perf_counter()
             with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals():
                 writer.graph(self.gan.generator)
                 writer.graph(self.gan.discriminator)
-                while self.epoch < config.epochs:
-                    self._train_epoch(writer)
+                while self.epoch < config.epochs and not self._budget_spent(started):
+                    self._train_epoch(writer, started)
+                if self.epoch < config.epochs:
+                    logger.info("stopping at step %d: max_steps or time budget reached", self.step_count)
                 self._log_images(writer)
             if config.checkpoint_every_steps and self._steps_since_checkpoint():
                 self._save_checkpoint()
@@ -268,8 +271,15 @@ class Trainer:
         logger.info("wrote %s, %s and config.json to %s", GENERATOR_WEIGHTS, DISCRIMINATOR_WEIGHTS, config.output_dir)
         return self.epoch_metrics
 
-    def _train_epoch(self, writer) -> None:
-        """Runs the rest of the current epoch (all of it, unless resumed mid-epoch)."""
+    def _budget_spent(self, started: float) -> bool:
+        """Whether `max_steps` (counted over the whole run) or this session's time budget is used up."""
+        config = self.config
+        if config.max_steps is not None and self.step_count >= config.max_steps:
+            return True
+        return config.time_budget_minutes is not None and time.perf_counter() - started >= 60 * config.time_budget_minutes
+
+    def _train_epoch(self, writer, started: float) -> None:
+        """Runs the rest of the current epoch (all of it, unless resumed mid-epoch) or until the budget is spent."""
         config = self.config
         if self.epoch_order is None:
             # The same draw as `VoxelDataset.index_batches`; kept, so that a run resumed mid-epoch sees the same batches.
@@ -285,9 +295,10 @@ class Trainer:
             self.step_count += 1
             self.batch_index += 1
             last_batch = self.batch_index == self.batches_per_epoch
+            budget_spent = self._budget_spent(started)
             checkpoint_due = bool(config.checkpoint_every_steps) and self.step_count % config.checkpoint_every_steps == 0
             stopping = self.stop_signal is not None
-            if len(pending) >= self.log_every_steps or last_batch or checkpoint_due or stopping:
+            if len(pending) >= self.log_every_steps or last_batch or budget_spent or checkpoint_due or stopping:
                 # Losses are checked before a checkpoint is written, so no checkpoint ever holds a diverged state.
                 self._record(pending, writer, progress)
                 pending = []
@@ -295,11 +306,13 @@ class Trainer:
                 self._log_images(writer)
             if last_batch:
                 self._end_epoch(writer)
+            elif budget_spent:
+                self._report_partial_epoch(writer)
             if checkpoint_due:
                 self._save_checkpoint()
             if stopping:
                 self._stop()
-            if last_batch:
+            if last_batch or budget_spent:
                 return
 
     def _record(self, pending, writer, progress) -> None:
@@ -312,6 +325,17 @@ class Trainer:
             self.batch_index,
             [("g_loss", metrics["g_loss"]), ("d_loss", metrics["d_loss"]), ("d_acc", metrics["d_accuracy"])],
         )
+
+    def _report_partial_epoch(self, writer) -> None:
+        """The budget ended training mid-epoch: report the means of the batches done, as if the epoch ended there.
+
+        The position in the epoch stays as it is, so the final checkpoint lets a run with a larger budget continue
+        exactly where this one stopped.
+        """
+        self.epoch_metrics = {name: total / self.batch_index for name, total in self.epoch_totals.items()}
+        writer.scalars(self.epoch_metrics, self.epoch + 1, prefix="epoch/")
+        self.history.append(self.epoch_metrics)
+        writer.flush()
 
     def _end_epoch(self, writer) -> None:
         self.epoch += 1
@@ -353,6 +377,8 @@ class Trainer:
                 f"checkpoint {checkpoint.path} was trained on other volumes than this run loads; "
                 "pass --no-resume to start over, or another --output-dir"
             )
+        if state.epoch_order is not None and not np.array_equal(np.sort(state.epoch_order), np.arange(len(self.dataset))):
+            raise WeightsError(f"checkpoint {checkpoint.path}: its epoch order is not an order of this run's volumes")
         if (state.backend, state.precision) != (keras.backend.backend(), self.precision):
             logger.warning(
                 "checkpoint %s was written by backend %s in %s, this run uses %s in %s: it continues, but not bit for bit",
