@@ -1,6 +1,6 @@
 """Run in a subprocess with KERAS_BACKEND set: checks which variables each kind of update changes, prints JSON.
 
-Usage: python tests/step_probe.py tiny|chapter
+Usage: python tests/step_probe.py tiny|chapter [SCENARIO ...]   (default: every scenario)
 """
 import json
 import os
@@ -78,14 +78,17 @@ def run(kind, z_size, previous_accuracy=None, **step_options):
 
 
 if __name__ == "__main__":
-    kind = sys.argv[1]
+    kind, wanted = sys.argv[1], sys.argv[2:]
     z_size = Z_SIZE if kind == "tiny" else Config().z_size
-    report = {
-        "backend": keras.backend.backend(),
-        "both": run(kind, z_size),
-        "discriminator_only": run(kind, z_size, train_generator=False),
-        "generator_only": run(kind, z_size, train_discriminator=False),
-        "paper_rule_blocks": run(kind, z_size, previous_accuracy=0.9, accuracy_threshold=0.8),
-        "paper_rule_allows": run(kind, z_size, previous_accuracy=0.8, accuracy_threshold=0.8),
+    scenarios = {
+        "both": dict(),
+        "discriminator_only": dict(train_generator=False),
+        "generator_only": dict(train_discriminator=False),
+        "paper_rule_blocks": dict(previous_accuracy=0.9, accuracy_threshold=0.8),
+        "paper_rule_allows": dict(previous_accuracy=0.8, accuracy_threshold=0.8),
     }
+    report = {"backend": keras.backend.backend()}
+    for name, options in scenarios.items():
+        if not wanted or name in wanted:
+            report[name] = run(kind, z_size, **options)
     print("PROBE " + json.dumps(report))

@@ -15,11 +15,11 @@ PROBE = os.path.join(os.path.dirname(__file__), "step_probe.py")
 BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
-def run_probe(backend, kind):
+def run_probe(backend, kind, *scenarios):
     if importlib.util.find_spec(BACKEND_MODULES[backend]) is None:
         pytest.skip(f"{backend} is not installed")
     environment = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, PROBE, kind], capture_output=True, text=True, env=environment, timeout=900)
+    result = subprocess.run([sys.executable, PROBE, kind, *scenarios], capture_output=True, text=True, env=environment, timeout=900)
     lines = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     report = json.loads(lines[-1][len("PROBE "):])
@@ -51,5 +51,9 @@ def test_each_update_changes_only_its_network(backend):
 
 
 def test_chapter_networks_on_tensorflow():
-    """The same with the chapter's 64³ networks (TensorFlow runs them fastest on a CPU)."""
-    check(run_probe("tensorflow", "chapter"))
+    """The same isolation with the chapter's 64³ networks (TensorFlow runs them fastest on a CPU)."""
+    report = run_probe("tensorflow", "chapter", "discriminator_only", "generator_only")
+    assert report["discriminator_only"]["generator_changed"] == 0
+    assert report["discriminator_only"]["discriminator_changed"] == report["discriminator_only"]["discriminator_variables"]
+    assert report["generator_only"]["discriminator_changed"] == 0
+    assert report["generator_only"]["generator_changed"] == report["generator_only"]["generator_variables"]
