@@ -26,6 +26,7 @@ setup(
         "console_scripts": [
             "threedgan-train=threedgan.cli:train_main",
             "threedgan-generate=threedgan.cli:generate_main",
+            "threedgan-evaluate=threedgan.evaluate:evaluate_main",
         ]
     },
 )

@@ -2,7 +2,8 @@
 networks of `step_probe` a few steps on one device and, from the same weights, batches and latents, on two devices
 through `threedgan.distributed`; prints JSON with both runs' losses, the largest weight differences and the layouts.
 
-Usage: python tests/distributed_probe.py [steps]
+Usage: python tests/distributed_probe.py STEPS sgd|adam
+       python tests/distributed_probe.py trainer FOLDER   (the whole `Trainer`, with tests/fast_models.py's networks)
 """
 import json
 import os
@@ -30,14 +31,20 @@ def batches(steps):
         yield real, *latents
 
 
-def train(steps, initial_weights=None, distribution=None):
+def optimizer(name):
+    # SGD makes the comparison a clean check of the gradients; Adam's first steps move every weight by about
+    # lr * sign(gradient), which turns float32 reordering noise in near-zero gradients into lr-sized differences.
+    return keras.optimizers.SGD(1e-2) if name == "sgd" else keras.optimizers.Adam(1e-2, 0.5)
+
+
+def train(steps, optimizer_name, initial_weights=None, distribution=None):
     keras.utils.set_random_seed(0)
     generator, discriminator = tiny_models()
     if initial_weights is not None:
         generator.set_weights(initial_weights[0])
         discriminator.set_weights(initial_weights[1])
     weights = (generator.get_weights(), discriminator.get_weights())
-    generator_optimizer, discriminator_optimizer = keras.optimizers.Adam(1e-2, 0.5), keras.optimizers.Adam(1e-2, 0.5)
+    generator_optimizer, discriminator_optimizer = optimizer(optimizer_name), optimizer(optimizer_name)
     step = make_train_step(generator, discriminator, generator_optimizer, discriminator_optimizer)
     losses, input_shardings = [], []
     for arrays in batches(steps):
@@ -63,11 +70,76 @@ def train(steps, initial_weights=None, distribution=None):
     return weights, losses, variables, replicated, state_replicated, input_shardings
 
 
+def per_replica_batchnorm_difference(initial_weights):
+    """How far D's first loss on real volumes moves if each half of the batch is normalised with its own statistics.
+
+    This is what unsynchronised (per-replica) BatchNorm would compute; the tolerance of the one-device versus
+    two-device comparison must be far below it for that comparison to show that BatchNorm is synchronised.
+    """
+    from threedgan.backend_steps import binary_crossentropy, forward_without_side_effects
+    from threedgan.data import unpack_and_upsample
+    from threedgan.models import discriminator_logits
+
+    _, discriminator = tiny_models()
+    discriminator.set_weights(initial_weights[1])
+    critic = discriminator_logits(discriminator)
+    real = unpack_and_upsample(next(batches(1))[0])
+    half = GLOBAL_BATCH // 2
+    whole = binary_crossentropy(1.0, forward_without_side_effects(critic, real))
+    halves = [binary_crossentropy(1.0, forward_without_side_effects(critic, part)) for part in (real[:half], real[half:])]
+    return abs(float(whole) - 0.5 * float(halves[0] + halves[1]))
+
+
+def trainer_run(folder):
+    """Trains with `Trainer` on one device, then with `devices=2`, and compares the weights files they save."""
+    import h5py
+
+    from fast_models import fast_builders
+    from threedgan import train as train_module
+    from threedgan.config import Config
+    from threedgan.data import VoxelDataset
+
+    rng = np.random.default_rng(0)
+    dataset = VoxelDataset(
+        packed=np.packbits((rng.random((8, 32**3)) > 0.7).astype(np.uint8), axis=1),
+        names=np.array([f"volume_{index}" for index in range(8)]),
+        labels=np.zeros(8, int),
+        category_names=["chair"],
+    )
+    weights = {}
+    for devices in (None, 2):
+        train_module.build_generator, train_module.build_discriminator = fast_builders()
+        output_dir = os.path.join(folder, f"devices_{devices}")
+        config = Config(
+            batch_size=4, epochs=2, devices=devices, mixed_precision="float32", output_dir=output_dir,
+            logdir=os.path.join(folder, "logs"), image_every_steps=0, checkpoint_every_steps=3,
+            generator_learning_rate=1e-3, discriminator_learning_rate=1e-3,
+        )
+        train_module.Trainer(config, dataset=dataset, resume="never").train()
+        values = {}
+        for filename in (train_module.GENERATOR_WEIGHTS, train_module.DISCRIMINATOR_WEIGHTS):
+            with h5py.File(os.path.join(output_dir, filename), "r") as handle:
+                handle.visititems(
+                    lambda name, item: values.__setitem__(f"{filename}/{name}", item[()])
+                    if isinstance(item, h5py.Dataset) else None
+                )
+        weights[devices] = values
+    keras.distribution.set_distribution(None)
+    same_names = sorted(weights[None]) == sorted(weights[2])
+    differences = {name: float(np.max(np.abs(weights[None][name] - weights[2][name]))) for name in weights[None]}
+    return {"same_datasets": same_names, "differences": differences, "learning_rate": 1e-3, "steps": 4}
+
+
 if __name__ == "__main__":
-    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    weights, one_losses, one_variables, _, _, _ = train(steps)
+    if sys.argv[1] == "trainer":
+        print("PROBE " + json.dumps(trainer_run(sys.argv[2])))
+        sys.exit(0)
+    steps, optimizer_name = int(sys.argv[1]), sys.argv[2]
+    weights, one_losses, one_variables, _, _, _ = train(steps, optimizer_name)
     distribution = setup_data_parallel(2)
-    _, two_losses, two_variables, replicated, state_replicated, shardings = train(steps, weights, distribution)
+    _, two_losses, two_variables, replicated, state_replicated, shardings = train(
+        steps, optimizer_name, weights, distribution
+    )
     keras.distribution.set_distribution(None)
     # Largest absolute difference, and largest difference relative to the one-device value's scale.
     absolute = max(float(np.max(np.abs(a - b))) if a.size else 0.0 for a, b in zip(one_variables, two_variables))
@@ -84,5 +156,6 @@ if __name__ == "__main__":
         "state_replicated": state_replicated,
         "input_shardings": shardings,
         "variables_compared": len(one_variables),
+        "per_replica_batchnorm_loss_difference": per_replica_batchnorm_difference(weights),
     }
     print("PROBE " + json.dumps(report))

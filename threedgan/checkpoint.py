@@ -70,6 +70,8 @@ FIELDS_FREE_ON_RESUME = (
     "epochs",
     "max_steps",
     "time_budget_minutes",
+    # Synchronised BatchNorm makes N devices train the one-device model, so a run may resume on more or fewer.
+    "devices",
     "output_dir",
     "logdir",
     "run_name",

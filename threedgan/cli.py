@@ -99,6 +99,12 @@ def train_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--max-steps", type=_positive_int, help="stop after N iterations in all")
     recipe.add_argument("--time-budget-minutes", type=_positive_float, help="stop after this much training time")
     recipe.add_argument("--precision", dest="mixed_precision", choices=["auto", "bfloat16", "float32"])
+    recipe.add_argument(
+        "--devices",
+        type=_positive_int,
+        metavar="N",
+        help="data-parallel training over N devices (jax backend); --batch-size is the global batch, split evenly",
+    )
     output = parser.add_argument_group("outputs")
     output.add_argument("--output-dir", help="weights, config.json and checkpoints (default generated_volumes)")
     output.add_argument("--logdir", help="TensorBoard root (default logs)")

@@ -81,6 +81,10 @@ class Config:
         mixed_precision: `"auto"` (bfloat16 on a GPU, float32 elsewhere), `"bfloat16"` or `"float32"`.
         max_steps: stop after this many iterations in all (`None`: run all epochs).
         time_budget_minutes: stop after this much training time, saving as at a normal end (`None`: no limit).
+        devices: data-parallel training over this many devices (JAX backend, `keras.distribution.DataParallel`);
+            `None` or 1 trains on one device. `batch_size` stays the global batch and must split evenly over the
+            devices; BatchNorm is synchronised (global-batch statistics), so the model trained is the one-device one
+            (see `threedgan.distributed`).
 
     Outputs:
         output_dir: weights, `config.json` and checkpoints (the chapter's `generated_volumes/`).
@@ -117,6 +121,7 @@ class Config:
     mixed_precision: str = "auto"
     max_steps: Optional[int] = None
     time_budget_minutes: Optional[float] = None
+    devices: Optional[int] = None
 
     output_dir: str = "generated_volumes"
     logdir: str = "logs"
@@ -187,6 +192,7 @@ class Config:
             ("keep_checkpoints", self.keep_checkpoints >= 1, "must be at least 1"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be at least 1 or null"),
             ("time_budget_minutes", self.time_budget_minutes is None or self.time_budget_minutes > 0, "must be positive or null"),
+            ("devices", self.devices is None or self.devices >= 1, "must be at least 1 or null"),
         ]
         for name, ok, message in checks:
             if not ok:

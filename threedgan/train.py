@@ -39,6 +39,7 @@ from threedgan.checkpoint import (
 )
 from threedgan.config import Config
 from threedgan.data import VoxelDataset, load_config_dataset
+from threedgan.distributed import replicate, setup_data_parallel, shard_batch
 from threedgan.errors import ConfigError, TrainingError, WeightsError
 from threedgan.latent import sample_latents
 from threedgan.models import build_discriminator, build_generator
@@ -190,10 +191,22 @@ class Trainer:
                 f"batch size {config.batch_size} is larger than the data ({len(self.dataset)} volumes); "
                 "pass a smaller --batch-size"
             )
+        # Data parallel (`--devices N`): the distribution must be set before the networks are built, so that their
+        # variables are created replicated on every device.
+        self.distribution = None
+        if config.devices and config.devices > 1:
+            if config.batch_size % config.devices:
+                raise ConfigError(
+                    f"batch size {config.batch_size} does not split over {config.devices} devices; "
+                    f"pass a --batch-size that is a multiple of {config.devices}"
+                )
+            self.distribution = setup_data_parallel(config.devices)
         self.gan = Gan.build(config)
         # The whole data set goes to the accelerator once, bit-packed (4 KiB a volume); each step gathers its batch
-        # there, so the host sends only indices and latents.
+        # there, so the host sends only indices and latents. With several devices each holds a copy.
         self.device_volumes = keras.ops.convert_to_tensor(self.dataset.packed)
+        if self.distribution is not None:
+            self.device_volumes = replicate(self.distribution, self.device_volumes)
         self.rng = np.random.default_rng(config.seed)
         self.log_every_steps = max(1, log_every_steps)
         self.step_count = 0
@@ -291,7 +304,11 @@ class Trainer:
             start = self.batch_index * config.batch_size
             indices = self.epoch_order[start : start + config.batch_size]
             real = keras.ops.take(self.device_volumes, keras.ops.convert_to_tensor(indices), axis=0)
-            pending.append(self.gan.step(real, *self._latents()))
+            batch = (real, *self._latents())
+            if self.distribution is not None:
+                # Each device gets its slice of the global batch; the jitted step then runs as one SPMD program.
+                batch = tuple(shard_batch(self.distribution, array) for array in batch)
+            pending.append(self.gan.step(*batch))
             self.step_count += 1
             self.batch_index += 1
             last_batch = self.batch_index == self.batches_per_epoch
