@@ -23,6 +23,9 @@ JAX: one jitted pure function per iteration (state in, state out); the variables
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import keras
 from keras import ops
 
@@ -96,29 +99,33 @@ def make_train_step(
     generator_optimizer.build(generator.trainable_variables)
     discriminator_optimizer.build(discriminator.trainable_variables)
     backend = keras.backend.backend()
-    arguments = (generator, discriminator, generator_optimizer, discriminator_optimizer, accuracy_threshold)
+    options = StepOptions(accuracy_threshold, train_generator, train_discriminator, real_label)
+    arguments = (generator, discriminator, generator_optimizer, discriminator_optimizer, options)
     if backend == "jax":
-        return _JaxStep(*arguments, train_generator, train_discriminator, real_label)
+        return _JaxStep(*arguments)
     if backend in ("tensorflow", "torch"):
-        return _StatefulStep(*arguments, train_generator, train_discriminator, real_label)
+        return _StatefulStep(*arguments)
     raise NotImplementedError(f"threedgan trains on the jax, tensorflow and torch backends, not {backend!r}")
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """What an iteration updates and how; see `make_train_step`'s arguments of the same names."""
+
+    accuracy_threshold: Optional[float] = None
+    train_generator: bool = True
+    train_discriminator: bool = True
+    real_label: float = 1.0
 
 
 class _JaxStep:
     """A jitted pure iteration; the Keras variables are only a mirror, refreshed by `sync_variables()`."""
 
-    def __init__(
-        self,
-        generator,
-        discriminator,
-        generator_optimizer,
-        discriminator_optimizer,
-        accuracy_threshold,
-        train_generator,
-        train_discriminator,
-        real_label,
-    ):
+    def __init__(self, generator, discriminator, generator_optimizer, discriminator_optimizer, options: StepOptions):
         import jax
+
+        accuracy_threshold, real_label = options.accuracy_threshold, options.real_label
+        train_generator, train_discriminator = options.train_generator, options.train_discriminator
 
         self.models = (generator, discriminator)
         self.optimizers = (generator_optimizer, discriminator_optimizer)
@@ -230,23 +237,13 @@ def forward_without_side_effects(model, inputs):
 class _StatefulStep:
     """TensorFlow and PyTorch: gradients by tape or autograd, updates through `optimizer.apply` on named variables."""
 
-    def __init__(
-        self,
-        generator,
-        discriminator,
-        generator_optimizer,
-        discriminator_optimizer,
-        accuracy_threshold,
-        train_generator,
-        train_discriminator,
-        real_label,
-    ):
-        self.real_label = real_label
+    def __init__(self, generator, discriminator, generator_optimizer, discriminator_optimizer, options: StepOptions):
+        self.real_label = options.real_label
         self.generator, self.discriminator = generator, discriminator
         self.critic = discriminator_logits(discriminator)
-        self.train_generator, self.train_discriminator = train_generator, train_discriminator
+        self.train_generator, self.train_discriminator = options.train_generator, options.train_discriminator
         self.generator_optimizer, self.discriminator_optimizer = generator_optimizer, discriminator_optimizer
-        self.threshold = accuracy_threshold
+        self.threshold = options.accuracy_threshold
         self.last_accuracy = 0.0
         self._step = self._iteration
         if keras.backend.backend() == "tensorflow":
