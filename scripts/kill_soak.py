@@ -238,10 +238,10 @@ def check_final_weights(output_dir: str, report: KillReport) -> None:
     from threedgan.models import build_discriminator, build_generator
     from threedgan.weights import load_weights_h5
 
-    config = Config.load(output_dir)
-    newest = CheckpointFolder(os.path.join(output_dir, CHECKPOINT_FOLDER), keep=1).steps_and_paths()[-1][1]
-    for folder in (output_dir, newest):
+    found = CheckpointFolder(os.path.join(output_dir, CHECKPOINT_FOLDER), keep=1).steps_and_paths()
+    for folder in [output_dir] + [path for _, path in found[-1:]]:
         try:
+            config = Config.load(folder)
             load_weights_h5(build_generator(config), os.path.join(folder, "generator_weights.h5"))
             load_weights_h5(build_discriminator(config), os.path.join(folder, "discriminator_weights.h5"))
         except Exception as error:  # any failure to load is what this check reports
