@@ -166,6 +166,7 @@ def time_data_path(data_dir, category, rotations, batch, batches):
         cold_load_s=round(cold, 2),
         cached_load_s=round(cached, 3),
         packed_mib=round(dataset.packed.nbytes / 2**20, 1),
+        bytes_per_volume=dataset.packed.nbytes // max(1, len(dataset)),
         max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         feed_batches_per_s=round(batches / feed, 1),
     )

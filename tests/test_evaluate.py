@@ -101,15 +101,16 @@ def run_script(*arguments):
     )
 
 
-def test_script_on_samples_writes_json_and_tensorboard(tmp_path, volumetric_dir):
+def test_script_on_samples_writes_json_and_tensorboard(tmp_path, volumetric_dir, capsys):
     samples = packed(tmp_path, as_generated(random_boxes(4, seed=5)))
     out = tmp_path / "eval.json"
-    completed = run_script(
+    # In-process: scripts/evaluate.py only calls evaluate_main, and the shared-data test below runs the script itself.
+    status = evaluate.evaluate_main([
         "--samples", samples, "--category", "table", "--data-dir", volumetric_dir, "--distances", "iou,chamfer",
         "--points", "64", "--json", str(out), "--logdir", str(tmp_path / "logs"), "--cache-dir", str(tmp_path / "cache"),
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr
-    assert "1-NNA (Chamfer)" in completed.stdout
+    ])  # fmt: skip
+    assert status == 0
+    assert "1-NNA (Chamfer)" in capsys.readouterr().out
     results = json.loads(out.read_text())
     expected = {"mmd_iou", "cov_iou", "1nna_iou", "mmd_chamfer", "cov_chamfer", "1nna_chamfer", "category",
                 "reference_count", "sample_count", "sample_source", "sample_occupancy", "reference_occupancy"}  # fmt: skip
@@ -183,3 +184,19 @@ def test_real_chairs_against_real_test_chairs(tmp_path, shared_zip):
     for key in ("mmd_iou", "cov_iou", "1nna_iou", "mmd_chamfer", "cov_chamfer", "1nna_chamfer"):
         assert np.isfinite(results[key]), key
     assert 0.0 < results["mmd_iou"] < 1.0  # real chairs overlap real chairs, but no train chair is a test chair
+
+
+def test_generator_weights_make_as_many_samples_as_references(tmp_path, volumetric_dir):
+    from threedgan.config import Config
+    from threedgan.models import build_generator
+    from threedgan.weights import save_weights_h5
+
+    run = tmp_path / "run"
+    config = Config(batch_size=4, mixed_precision="float32")
+    config.save(str(run))
+    save_weights_h5(build_generator(config), str(run / "generator_weights.h5"))
+    results = evaluate.evaluate_generator(
+        str(run / "generator_weights.h5"), "chair", volumetric_dir, distances=("iou",), cache_dir=str(tmp_path)
+    )
+    assert results["sample_count"] == results["reference_count"] == 3
+    assert 0.0 <= results["1nna_iou"] <= 1.0

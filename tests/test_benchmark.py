@@ -1,0 +1,32 @@
+"""`scripts/benchmark.py --cpu`: the reduced mode runs the real iteration and the data path and reports them."""
+import importlib.util
+import json
+import os
+
+BENCHMARK = os.path.join(os.path.dirname(__file__), "..", "scripts", "benchmark.py")
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flop_count_matches_the_reference_formula():
+    benchmark = load_benchmark()
+    # shared/bench/torch_reference.py: batch * (FWD_G + 3*FWD_D + 3*FWD_D + 3*FWD_G + 3*FWD_D)
+    expected = 32 * (4 * benchmark.FORWARD_GENERATOR + 9 * benchmark.FORWARD_DISCRIMINATOR)
+    assert benchmark.flops_per_iteration(32) == expected
+    assert 2.5e12 < expected < 4e12, "about 3.2 TFLOP per iteration at batch 32"
+
+
+def test_cpu_mode_times_the_step_and_the_data_path(tmp_path, volumetric_dir):
+    benchmark = load_benchmark()
+    output = tmp_path / "bench.jsonl"
+    assert benchmark.main(["--cpu", "--data-dir", volumetric_dir, "--category", "chair", "--json", str(output)]) == 0
+    step, data_path = [json.loads(line) for line in output.read_text().splitlines()]
+    assert step["impl"] == "threedgan" and step["batch"] == 2 and step["precision"] == "float32"
+    assert step["median_s"] > 0 and step["samples_per_s"] > 0 and step["tflops"] > 0
+    assert data_path["volumes"] == 6 and data_path["cold_load_s"] >= 0 and data_path["feed_batches_per_s"] > 0
+    assert data_path["bytes_per_volume"] == 4096, "held bit-packed at 32³"
