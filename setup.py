@@ -27,6 +27,7 @@ setup(
             "threedgan-train=threedgan.cli:train_main",
             "threedgan-generate=threedgan.cli:generate_main",
             "threedgan-evaluate=threedgan.evaluate:evaluate_main",
+            "threedgan-tune=threedgan.tune:tune_main",
         ]
     },
 )

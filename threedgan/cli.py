@@ -175,7 +175,9 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="results", help="where files go (default results)")
     parser.add_argument("--threshold", type=float, default=0.5, help="occupancy threshold for renders and meshes")
     parser.add_argument(
-        "--format", default="npy,png", help="comma-separated: npy, mat, png, stl, obj, ply (default npy,png)"
+        "--format",
+        default="npy,png",
+        help="comma-separated: npy, mat, png, stl, obj, ply, npz (all samples bit-packed in samples.npz); default npy,png",
     )
     parser.add_argument("--grid", action="store_true", help="also write one PNG showing all samples")
     parser.add_argument("--voxel-size", type=_positive_float, default=1.0, help="mesh units per voxel, in mm (default 1)")
