@@ -45,7 +45,10 @@ def test_training_writes_weights_config_and_events(trained_run):
     assert all(np.isfinite(e.value) for e in events.Scalars("step/d_loss"))
     images = events.Images("samples")
     assert len(images) >= 2 and images[0].width > 100
-    assert events.Tags()["graph"], "the TensorFlow backend also writes the networks' graphs"
+    for network in ("generator", "discriminator"):
+        graph_events = EventAccumulator(os.path.join(run_logdir, f"graph_{network}"))
+        graph_events.Reload()
+        assert graph_events.Tags()["graph"], f"the TensorFlow backend also writes the {network}'s graph"
 
 
 def test_weights_load_in_keras3_and_keras2(trained_run):

@@ -269,8 +269,7 @@ class Trainer:
             )
             started = time.perf_counter()
             with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals():
-                writer.graph(self.gan.generator)
-                writer.graph(self.gan.discriminator)
+                self._write_graphs()
                 while self.epoch < config.epochs and not self._budget_spent(started):
                     self._train_epoch(writer, started)
                 if self.epoch < config.epochs:
@@ -283,6 +282,15 @@ class Trainer:
             self.gan.save_weights(config.output_dir)
         logger.info("wrote %s, %s and config.json to %s", GENERATOR_WEIGHTS, DISCRIMINATOR_WEIGHTS, config.output_dir)
         return self.epoch_metrics
+
+    def _write_graphs(self) -> None:
+        """Each network's graph in its own run folder (`<run>/graph_generator`, `<run>/graph_discriminator`):
+        TensorBoard keeps one graph per run folder, so two in one folder would hide the first."""
+        from threedgan.tensorboard_writer import SummaryWriter
+
+        for model in (self.gan.generator, self.gan.discriminator):
+            with SummaryWriter(os.path.join(self.run_logdir, f"graph_{model.name}")) as graph_writer:
+                graph_writer.graph(model)
 
     def _budget_spent(self, started: float) -> bool:
         """Whether `max_steps` (counted over the whole run) or this session's time budget is used up."""
