@@ -14,6 +14,8 @@ import scipy.ndimage
 import trimesh
 from skimage import measure
 
+from threedgan.volume_io import as_3d_volume
+
 MESH_SUFFIXES = (".stl", ".obj", ".ply")
 
 
@@ -44,13 +46,7 @@ def volume_to_mesh(volume, threshold=0.5, voxel_size=1.0, keep_largest_component
         ValueError: If `volume` is not 3-D, `voxel_size` is not positive,
             or no voxel lies above `threshold`.
     """
-    volume = np.asarray(volume)
-    if volume.ndim == 4 and volume.shape[-1] == 1:
-        volume = volume[..., 0]
-    if volume.ndim != 3:
-        raise ValueError(
-            f"Expected a volume of shape (D, H, W) or (D, H, W, 1), got shape {volume.shape}."
-        )
+    volume = as_3d_volume(volume)
     if not voxel_size > 0:
         raise ValueError(f"`voxel_size` must be positive, got {voxel_size!r}.")
     volume = volume.astype(np.float32)

@@ -25,18 +25,12 @@ import numpy as np
 from scipy.spatial import cKDTree
 from skimage import measure
 
+from threedgan.volume_io import as_3d_volume
+
 
 def _binary_volume(volume, threshold):
     """Returns one `volume` as a boolean (D, H, W) array of occupied voxels."""
-    volume = np.asarray(volume)
-    if volume.ndim == 4 and volume.shape[-1] == 1:
-        volume = volume[..., 0]
-    if volume.ndim != 3:
-        raise ValueError(
-            "Expected a volume of shape (D, H, W) or (D, H, W, 1), "
-            f"got shape {volume.shape}."
-        )
-    return volume > threshold
+    return as_3d_volume(volume) > threshold
 
 
 def _volume_rows(volumes):

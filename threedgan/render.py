@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageColor
 
+from threedgan.volume_io import as_3d_volume
+
 
 def render_volume(
     volume,
@@ -283,13 +285,7 @@ def save_png(image, path):
 
 
 def _occupancy(volume, threshold):
-    volume = np.asarray(volume)
-    if volume.ndim == 4 and volume.shape[-1] == 1:
-        volume = volume[..., 0]
-    if volume.ndim != 3:
-        raise ValueError(
-            f"Expected a volume of shape (D, H, W) or (D, H, W, 1), got shape {volume.shape}."
-        )
+    volume = as_3d_volume(volume)
     if volume.dtype == bool:
         return volume
     return volume > threshold

@@ -149,6 +149,20 @@ def _starts_with_hdf5_signature(path):
         return file.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
+def as_3d_volume(volume) -> np.ndarray:
+    """Returns one volume as a (D, H, W) array, dropping a trailing channel axis of size 1.
+
+    Raises:
+        ValueError: the array is neither (D, H, W) nor (D, H, W, 1).
+    """
+    volume = np.asarray(volume)
+    if volume.ndim == 4 and volume.shape[-1] == 1:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise ValueError(f"Expected a volume of shape (D, H, W) or (D, H, W, 1), got shape {volume.shape}.")
+    return volume
+
+
 def _squeeze_channel(array):
     if array.ndim == 4 and array.shape[-1] == 1:
         return array[..., 0]
