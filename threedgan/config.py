@@ -201,10 +201,11 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def save(self, directory: str) -> str:
-        """Writes `config.json` into `directory` (created if needed) atomically and returns its path."""
+    def save(self, directory: str, filename: str = CONFIG_FILENAME) -> str:
+        """Writes the config as JSON (`config.json` unless `filename` says otherwise) into `directory`, created if
+        needed, atomically, and returns its path; `Config.load` reads it back."""
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, CONFIG_FILENAME)
+        path = os.path.join(directory, filename)
         temporary = path + ".tmp"
         with open(temporary, "w") as handle:
             json.dump(self.to_dict(), handle, indent=2, sort_keys=True)

@@ -469,15 +469,6 @@ def _write_json(path: str, contents) -> None:
     os.replace(temporary, path)
 
 
-def write_config_file(config: Config, path: str) -> str:
-    """Writes `config` as `Config.save` does, but to a file name of our choosing (`Config.save` always uses
-    `config.json`), so `Config.load(path)` and `train.py --config path` read it back."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    _write_json(path, config.to_dict())
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------- TensorBoard
 
 
@@ -788,7 +779,7 @@ def best_config_from(base_config: Config, record: dict) -> Config:
 
 
 def _write_best_config(base_config: Config, records, output_dir: str) -> str:
-    return write_config_file(best_config_from(base_config, _best(records)), os.path.join(output_dir, BEST_CONFIG_FILENAME))
+    return best_config_from(base_config, _best(records)).save(output_dir, BEST_CONFIG_FILENAME)
 
 
 # --------------------------------------------------------------------------------------------------- command line
