@@ -246,11 +246,18 @@ class _StatefulStep:
         self.threshold = options.accuracy_threshold
         self.last_accuracy = 0.0
         self._step = self._iteration
+        # TensorFlow data parallel: a step built under `tf.distribute.MirroredStrategy.scope()` (see
+        # `threedgan.distributed.setup_mirrored`) runs each iteration on every replica's slice of the global batch.
+        self.strategy, self.replicas = None, 1
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
+            if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+                self.strategy = tf.distribute.get_strategy()
+                self.replicas = self.strategy.num_replicas_in_sync
+            iteration = self._iteration if self.strategy is None else self._mirrored_iteration
             # `update_discriminator` is a Python bool: one trace for each value, no graph-level branching.
-            self._step = tf.function(self._iteration, reduce_retracing=True)
+            self._step = tf.function(iteration, reduce_retracing=True)
 
     def _gradients(self, loss_function, variables):
         """Returns `(loss, aux, gradients)` of `loss_function() -> (loss, aux)` with respect to `variables`."""
@@ -259,7 +266,10 @@ class _StatefulStep:
 
             with tf.GradientTape() as tape:
                 loss, aux = loss_function()
-            return loss, aux, tape.gradient(loss, variables)
+                # Under MirroredStrategy `optimizer.apply` sums the replicas' gradients: scaling each replica's mean
+                # by 1/replicas makes that sum the gradient of the mean over the global batch.
+                scaled = loss if self.replicas == 1 else loss / self.replicas
+            return loss, aux, tape.gradient(scaled, variables)
         import torch
 
         loss, aux = loss_function()
@@ -297,6 +307,28 @@ class _StatefulStep:
         else:
             g_loss, _ = generator_loss()
         return _metrics(losses[0], losses[1], g_loss, scores[0], scores[1], update_discriminator)
+
+    def _mirrored_iteration(self, real_packed, latents_fake, latents_generator, update_discriminator):
+        """`_iteration` on every replica of `self.strategy`, each on its `1 / replicas` slice of the global batch.
+
+        The global tensors go to every replica, which takes its own rows; the metrics are the replicas' mean (equal
+        slices, so the global batch's mean for the losses and accuracies).
+        """
+        import tensorflow as tf
+
+        replicas = self.replicas
+
+        def replica_slice(array):
+            array = tf.convert_to_tensor(array)
+            rows = array.shape[0] // replicas
+            stacked = tf.reshape(array, [replicas, rows, *array.shape[1:]])
+            return tf.gather(stacked, tf.distribute.get_replica_context().replica_id_in_sync_group)
+
+        def replica_iteration(*batch):
+            return self._iteration(*(replica_slice(array) for array in batch), update_discriminator)
+
+        metrics = self.strategy.run(replica_iteration, args=(real_packed, latents_fake, latents_generator))
+        return {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None) for name, value in metrics.items()}
 
     def __call__(self, real_packed, latents_fake, latents_generator):
         update = self.train_discriminator and (self.threshold is None or self.last_accuracy <= self.threshold)

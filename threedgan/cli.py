@@ -103,7 +103,7 @@ def train_parser() -> argparse.ArgumentParser:
         "--devices",
         type=_positive_int,
         metavar="N",
-        help="data-parallel training over N devices (jax backend); --batch-size is the global batch, split evenly",
+        help="data-parallel training over N devices (jax or tensorflow backend); --batch-size is the global batch, split evenly",
     )
     output = parser.add_argument_group("outputs")
     output.add_argument("--output-dir", help="weights, config.json and checkpoints (default generated_volumes)")

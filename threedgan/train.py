@@ -39,7 +39,7 @@ from threedgan.checkpoint import (
 )
 from threedgan.config import Config
 from threedgan.data import VoxelDataset, load_config_dataset
-from threedgan.distributed import replicate, setup_data_parallel, shard_batch
+from threedgan.distributed import replicate, setup_data_parallel, setup_mirrored, shard_batch
 from threedgan.errors import ConfigError, TrainingError, WeightsError
 from threedgan.latent import sample_latents
 from threedgan.models import build_discriminator, build_generator
@@ -193,15 +193,22 @@ class Trainer:
             )
         # Data parallel (`--devices N`): the distribution must be set before the networks are built, so that their
         # variables are created replicated on every device.
-        self.distribution = None
+        self.distribution = None  # jax: keras.distribution.DataParallel
+        self.strategy = None  # tensorflow: tf.distribute.MirroredStrategy
         if config.devices and config.devices > 1:
             if config.batch_size % config.devices:
                 raise ConfigError(
                     f"batch size {config.batch_size} does not split over {config.devices} devices; "
                     f"pass a --batch-size that is a multiple of {config.devices}"
                 )
-            self.distribution = setup_data_parallel(config.devices)
-        self.gan = Gan.build(config)
+            if keras.backend.backend() == "tensorflow":
+                # tf.distribute.MirroredStrategy: networks and optimizers built under its scope are mirrored, and
+                # the step splits each global batch over the replicas itself (no sharding here).
+                self.strategy = setup_mirrored(config.devices)
+            else:
+                self.distribution = setup_data_parallel(config.devices)
+        with self.strategy.scope() if self.strategy is not None else contextlib.nullcontext():
+            self.gan = Gan.build(config)
         # The whole data set goes to the accelerator once, bit-packed (4 KiB a volume); each step gathers its batch
         # there, so the host sends only indices and latents. With several devices each holds a copy.
         self.device_volumes = keras.ops.convert_to_tensor(self.dataset.packed)
