@@ -85,11 +85,12 @@ def test_second_load_comes_from_the_cache_and_a_changed_source_invalidates_it(tm
 def test_shuffled_batches_cover_each_volume_once_per_epoch(tmp_path, volumetric_dir):
     dataset = load(volumetric_dir, tmp_path, categories=["all"])
     rng = np.random.default_rng(0)
-    seen = np.concatenate([batch.reshape(len(batch), -1) for batch in dataset.batches(4, rng)])
-    assert seen.shape == (12, 32**3)
-    first_epoch = [b.copy() for b in dataset.batches(4, np.random.default_rng(0))]
-    second_epoch = [b.copy() for b in dataset.batches(4, np.random.default_rng(1))]
+    seen = np.concatenate(list(dataset.index_batches(4, rng)))
+    assert sorted(seen) == list(range(12))
+    first_epoch = list(dataset.index_batches(4, np.random.default_rng(0)))
+    second_epoch = list(dataset.index_batches(4, np.random.default_rng(1)))
     assert any(not np.array_equal(a, b) for a, b in zip(first_epoch, second_epoch))
+    assert [len(b) for b in dataset.index_batches(5, rng)] == [5, 5], "the chapter drops the last partial batch"
 
 
 # ------------------------------------------------------------------------------------------------------- bad input

@@ -74,11 +74,6 @@ class VoxelDataset:
         for start in range(0, stop, batch_size):
             yield order[start : start + batch_size]
 
-    def batches(self, batch_size: int, rng: np.random.Generator, drop_remainder: bool = True) -> Iterator[np.ndarray]:
-        """Yields uint8 (batch, 32, 32, 32) batches in a fresh random order (one epoch)."""
-        for indices in self.index_batches(batch_size, rng, drop_remainder):
-            yield self.volumes32(indices)
-
     def subset(self, indices) -> "VoxelDataset":
         indices = np.asarray(indices)
         return VoxelDataset(self.packed[indices], self.names[indices], self.labels[indices], list(self.category_names))

@@ -123,7 +123,7 @@ def _load_mat(path):
         return contents["instance"]
     candidates = {
         key: value for key, value in contents.items()
-        if not key.startswith("__") and isinstance(value, np.ndarray) and _squeeze_channel(value).ndim == 3
+        if not key.startswith("__") and isinstance(value, np.ndarray) and _is_volume(value)
     }
     if len(candidates) == 1:
         return next(iter(candidates.values()))
@@ -163,16 +163,19 @@ def as_3d_volume(volume) -> np.ndarray:
     return volume
 
 
-def _squeeze_channel(array):
-    if array.ndim == 4 and array.shape[-1] == 1:
-        return array[..., 0]
-    return array
+def _is_volume(array) -> bool:
+    try:
+        as_3d_volume(array)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_volume(array, path):
-    array = _squeeze_channel(np.asarray(array))
-    if array.ndim != 3:
-        raise ValueError(f"{path}: expected a 3-D volume, got an array of shape {array.shape}.")
+    try:
+        array = as_3d_volume(array)
+    except ValueError:
+        raise ValueError(f"{path}: expected a 3-D volume, got an array of shape {np.shape(array)}.") from None
     if array.dtype == bool:
         return array.astype(np.uint8)
     if array.dtype.kind in "iu":
