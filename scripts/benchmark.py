@@ -64,15 +64,18 @@ def block(value):
     return keras.ops.convert_to_numpy(value["g_loss"])
 
 
-def time_iterations(precision, batch, iterations, warmup, seed=0):
+def time_iterations(precision, batch, iterations, warmup, data_format="auto", deconvolution="auto", seed=0):
     import keras
     import numpy as np
 
     from threedgan.config import Config
     from threedgan.latent import sample_latents
+    from threedgan.models import resolve_data_format, resolve_deconvolution
     from threedgan.train import Gan, accelerator_present, configure_precision
 
-    config = Config.from_preset("book", batch_size=batch, mixed_precision=precision, seed=seed)
+    config = Config.from_preset(
+        "book", batch_size=batch, mixed_precision=precision, data_format=data_format, deconvolution=deconvolution, seed=seed
+    )
     compute_dtype = configure_precision(config)
     gan = Gan.build(config)
     rng = np.random.default_rng(seed)
@@ -99,6 +102,8 @@ def time_iterations(precision, batch, iterations, warmup, seed=0):
         impl="threedgan",
         backend=keras.backend.backend(),
         precision=compute_dtype,
+        data_format=resolve_data_format(config),
+        deconvolution=resolve_deconvolution(config),
         batch=batch,
         median_s=round(median, 4),
         samples_per_s=round(batch / median, 1),
@@ -176,6 +181,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="reduced CPU mode: batch 2, 2 iterations, float32")
     parser.add_argument("--precision", nargs="+", default=None, choices=["bfloat16", "float32"])
+    parser.add_argument("--data-format", nargs="+", default=["auto"], choices=["auto", "channels_last", "channels_first"])
+    parser.add_argument("--deconvolution", nargs="+", default=["auto"], choices=["auto", "transposed", "subpixel"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -191,8 +198,12 @@ def main(argv=None):
     results = []
     if not arguments.skip_step:
         for precision in arguments.precision or ["bfloat16", "float32"]:
-            results.append(time_iterations(precision, arguments.batch, arguments.iters, arguments.warmup))
-            print(json.dumps(results[-1]), flush=True)
+            for data_format in arguments.data_format:
+                for deconvolution in arguments.deconvolution:
+                    results.append(
+                        time_iterations(precision, arguments.batch, arguments.iters, arguments.warmup, data_format, deconvolution)
+                    )
+                    print(json.dumps(results[-1]), flush=True)
     if arguments.data_dir:
         batches = 20 if arguments.cpu else 200
         results.append(time_data_path(arguments.data_dir, arguments.category, arguments.rotations, arguments.batch, batches))

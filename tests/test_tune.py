@@ -128,6 +128,44 @@ def test_resume_refuses_other_settings_and_malformed_files(search, tmp_path):
         tune.read_trials_file(str(broken))
 
 
+def test_baselines_are_scored_first_as_finished_trials(tmp_path, monkeypatch):
+    """The presets are trained with their own values, recorded as trials, and TPE carries on after them."""
+    from tests.conftest import write_tree
+
+    trained = []
+
+    def fake_trial(config, training, references, evaluation_seed=None):
+        trained.append(config)
+        loss = 0.5 - 0.1 * len(trained)
+        return {"status": "ok", "loss": loss, "metrics": {"1nna_iou": loss + 0.5, "cov_iou": 0.1, "mmd_iou": 0.5}}
+
+    monkeypatch.setattr(tune, "run_trial", fake_trial)
+    data_dir = write_tree(str(tmp_path / "data"), categories={"chair": 0}, splits=("train",), models=20, rotations=6)
+    base = Config.from_preset("better", data_dir=data_dir, cache_dir=str(tmp_path / "cache"), mixed_precision="float32")
+    options = dict(
+        output_dir=str(tmp_path / "out"),
+        logdir=str(tmp_path / "logs"),
+        trial_epochs=1,
+        validation_fraction=0.1,
+        batch_sizes=(32, 100),
+        baselines=("book", "paper"),
+        startup_trials=1,
+    )
+    result = tune.run_search(base, max_evals=3, **options)
+    assert [record["result"]["origin"] for record in result.records] == ["book", "paper", "search"]
+    book, paper, searched = trained
+    for config, preset in ((book, "book"), (paper, "paper")):
+        for name, value in tune.preset_params(preset).items():
+            assert getattr(config, name) == value, (preset, name)
+    assert book.discriminator_beta_1 == 0.9 and paper.batch_size == 100 and paper.discriminator_accuracy_threshold == 0.8
+    assert result.best["tid"] == 2 and result.best["result"]["origin"] == "search"
+    with open(result.trials_path) as handle:
+        assert [record["result"]["origin"] for record in json.load(handle)["trials"]] == ["book", "paper", "search"]
+    # Resuming does not score the baselines again.
+    again = tune.run_search(base, max_evals=4, **options)
+    assert len(trained) == 4 and [record["result"]["origin"] for record in again.records][-1] == "search"
+
+
 def test_best_config_loads_in_train(search):
     resumed = search["resumed"]
     path = resumed.best_config_path

@@ -227,10 +227,22 @@ class _JaxStep:
 
 
 def forward_without_side_effects(model, inputs):
-    """`model(inputs, training=True)` with batch statistics, leaving the model's BatchNorm averages untouched."""
-    outputs, _ = model.stateless_call(
-        [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], inputs, training=True
-    )
+    """`model(inputs, training=True)` with batch statistics, leaving the model's BatchNorm averages untouched.
+
+    On JAX the forward pass is compiled once per model (and input shape): run eagerly, each of its operations is
+    dispatched and compiled on its own, which made the training loop's periodic sample images cost seconds.
+    """
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    if keras.backend.backend() == "jax":
+        forward = model.__dict__.get("_threedgan_compiled_forward")
+        if forward is None:
+            import jax
+
+            forward = jax.jit(lambda weights, statistics, x: model.stateless_call(weights, statistics, x, training=True)[0])
+            object.__setattr__(model, "_threedgan_compiled_forward", forward)  # not a tracked Keras attribute
+        return forward(trainable, non_trainable, inputs)
+    outputs, _ = model.stateless_call(trainable, non_trainable, inputs, training=True)
     return outputs
 
 

@@ -69,6 +69,12 @@ class Config:
         z_size: latent dimension (200 in the chapter and the paper).
         z_stddev: the latent prior is N(0, z_stddev²), in training and at generation.
         cube_length: volume side; the chapter's networks produce 64³.
+        data_format: the networks' internal tensor layout: `"auto"` (chosen per backend and device by measurement,
+            see `threedgan.models.resolve_data_format`), `"channels_last"` or `"channels_first"`. Inputs, outputs
+            and weight files are the same in either layout, so it is a speed setting, not part of the model.
+        deconvolution: how the generator's stride-2 transposed convolutions are computed: `"auto"` (by backend, see
+            `threedgan.models.resolve_deconvolution`), `"transposed"` (Keras' `Conv3DTranspose`) or `"subpixel"`
+            (the same layer and weights as a sub-pixel convolution). Also a speed setting only.
 
     Recipe:
         preset: the preset this config started from (`book`, `paper` or `better`), kept for the record.
@@ -107,6 +113,8 @@ class Config:
     z_size: int = 200
     z_stddev: float = 0.33
     cube_length: int = 64
+    data_format: str = "auto"
+    deconvolution: str = "auto"
 
     preset: str = "book"
     batch_size: int = 32
@@ -173,6 +181,12 @@ class Config:
             ("z_size", self.z_size >= 1, "must be at least 1"),
             ("z_stddev", self.z_stddev > 0, "must be positive"),
             ("cube_length", self.cube_length == 64, "must be 64 (the chapter's networks)"),
+            (
+                "data_format",
+                self.data_format in ("auto", "channels_last", "channels_first"),
+                "must be auto, channels_last or channels_first",
+            ),
+            ("deconvolution", self.deconvolution in ("auto", "transposed", "subpixel"), "must be auto, transposed or subpixel"),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
             ("generator_learning_rate", self.generator_learning_rate > 0, "must be positive"),

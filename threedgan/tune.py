@@ -697,12 +697,9 @@ def run_search(
     new_trials = 0
     while len(trials) < max_evals:
         trial_id = len(trials)
-        origin = "search"
+        origin, baseline_values = "search", None
         if pending_baselines:
-            # A queued trial document is what Hyperopt's own `points_to_evaluate` makes: fmin evaluates it first.
-            origin, values = pending_baselines.pop(0)
-            trials.insert_trial_docs([_trial_document({"tid": trial_id, "vals": values, "result": None})])
-            trials.refresh()
+            origin, baseline_values = pending_baselines.pop(0)
 
         def objective(params, trial_id=trial_id, origin=origin):
             params = _python_params(params)
@@ -729,19 +726,36 @@ def run_search(
             result = run_trial(config, training, references, evaluation_seed=base_config.seed)
             return _plain(dict(result, params=params, origin=origin))
 
-        fmin(
-            objective,
-            space,
-            algo=functools.partial(tpe.suggest, n_startup_jobs=startup_trials),
-            max_evals=trial_id + 1,
-            trials=trials,
-            # Seeded by trial id: a resumed search suggests what an uninterrupted one would have.
-            rstate=np.random.default_rng([base_config.seed, trial_id]),
-            show_progressbar=False,
-            return_argmin=False,
-        )
+        if baseline_values is not None:
+            # A preset is scored here and entered as a finished trial, which TPE then counts like its own. (A queued
+            # document, as `points_to_evaluate` makes, is never evaluated by `fmin` on a `Trials` it is handed.)
+            booked = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+            result = objective(params_from_values(baseline_values, batch_sizes))
+            finished = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+            records = records + [
+                {
+                    "tid": trial_id,
+                    "vals": baseline_values,
+                    "result": result,
+                    "book_time": _format_time(booked),
+                    "refresh_time": _format_time(finished),
+                }
+            ]
+            trials = trials_from_records(records)
+        else:
+            fmin(
+                objective,
+                space,
+                algo=functools.partial(tpe.suggest, n_startup_jobs=startup_trials),
+                max_evals=trial_id + 1,
+                trials=trials,
+                # Seeded by trial id: a resumed search suggests what an uninterrupted one would have.
+                rstate=np.random.default_rng([base_config.seed, trial_id]),
+                show_progressbar=False,
+                return_argmin=False,
+            )
+            records = [_record(document) for document in sorted(trials.trials, key=lambda document: document["tid"])]
         new_trials += 1
-        records = [_record(document) for document in sorted(trials.trials, key=lambda document: document["tid"])]
         write_trial_summary(logdir, records[-1])
         _write_json(
             trials_path,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
-from trimesh.exchange import binvox
 
 VOLUME_SUFFIXES = (".npy", ".mat", ".binvox")
 SAVE_SUFFIXES = (".npy", ".mat")
@@ -136,6 +135,9 @@ def _load_mat(path):
 
 
 def _load_binvox(path):
+    # Imported here: training renders samples through this module and should not need trimesh.
+    from trimesh.exchange import binvox
+
     try:
         with open(path, "rb") as file:
             grid = binvox.load_binvox(file)
