@@ -136,28 +136,28 @@ class SubpixelConv3DTranspose(layers.Conv3DTranspose):
             return super().call(inputs)
         filters = self.filters
         channels_last = self.data_format == "channels_last"
-        side = inputs.shape[1] if channels_last else inputs.shape[2]
+        depth, height, width = inputs.shape[1:4] if channels_last else inputs.shape[2:5]
         spatial_padding = [[1, 1]] * 3
         padding = [[0, 0]] + spatial_padding + [[0, 0]] if channels_last else [[0, 0], [0, 0]] + spatial_padding
         kernel = ops.cast(self._phase_kernel(), self.compute_dtype)
         phases = ops.conv(ops.pad(inputs, padding), kernel, padding="valid", data_format=self.data_format)
-        grown = 2 * side
+        grown = (2 * depth, 2 * height, 2 * width)
         if channels_last:
-            phases = ops.reshape(phases, (-1, side + 1, side + 1, side + 1, 2, 2, 2, filters))
+            phases = ops.reshape(phases, (-1, depth + 1, height + 1, width + 1, 2, 2, 2, filters))
             crops = [
-                phases[:, d : d + side, h : h + side, w : w + side, d, h, w, :]
+                phases[:, d : d + depth, h : h + height, w : w + width, d, h, w, :]
                 for d, h, w in itertools.product((0, 1), repeat=3)
             ]
-            outputs = ops.reshape(ops.stack(crops, axis=4), (-1, side, side, side, 2, 2, 2, filters))
-            outputs = ops.reshape(ops.transpose(outputs, (0, 1, 4, 2, 5, 3, 6, 7)), (-1, grown, grown, grown, filters))
+            outputs = ops.reshape(ops.stack(crops, axis=4), (-1, depth, height, width, 2, 2, 2, filters))
+            outputs = ops.reshape(ops.transpose(outputs, (0, 1, 4, 2, 5, 3, 6, 7)), (-1, *grown, filters))
         else:
-            phases = ops.reshape(phases, (-1, 2, 2, 2, filters, side + 1, side + 1, side + 1))
+            phases = ops.reshape(phases, (-1, 2, 2, 2, filters, depth + 1, height + 1, width + 1))
             crops = [
-                phases[:, d, h, w, :, d : d + side, h : h + side, w : w + side]
+                phases[:, d, h, w, :, d : d + depth, h : h + height, w : w + width]
                 for d, h, w in itertools.product((0, 1), repeat=3)
             ]
-            outputs = ops.reshape(ops.stack(crops, axis=2), (-1, filters, 2, 2, 2, side, side, side))
-            outputs = ops.reshape(ops.transpose(outputs, (0, 1, 5, 2, 6, 3, 7, 4)), (-1, filters, grown, grown, grown))
+            outputs = ops.reshape(ops.stack(crops, axis=2), (-1, filters, 2, 2, 2, depth, height, width))
+            outputs = ops.reshape(ops.transpose(outputs, (0, 1, 5, 2, 6, 3, 7, 4)), (-1, filters, *grown))
         if self.use_bias:
             bias_shape = (1, 1, 1, 1, filters) if channels_last else (1, filters, 1, 1, 1)
             outputs = ops.add(outputs, ops.reshape(ops.cast(self.bias, outputs.dtype), bias_shape))
