@@ -42,7 +42,7 @@ def test_layouts_compute_the_same_networks(backend, tmp_path):
         assert row["uses_subpixel"] == key.endswith("same/2"), "only kernel 4, stride 2, same takes the sub-pixel path"
 
     networks = report["networks"]
-    expected_networks = {"tensorflow": {"channels_last/subpixel"}, "jax": {"channels_last/subpixel", "channels_first/subpixel"}}
+    expected_networks = {"tensorflow": {"channels_last/subpixel"}, "jax": {"channels_first/subpixel"}}
     assert set(networks) == expected_networks.get(
         backend, {"channels_last/subpixel", "channels_first/transposed", "channels_first/subpixel"}
     )
@@ -52,6 +52,11 @@ def test_layouts_compute_the_same_networks(backend, tmp_path):
             assert row[part] <= TOLERANCE, (key, part)
     if backend == "jax":
         assert report["jax_gradient"] <= 1e-6
+
+    forward = report["forward"]
+    assert forward["difference"] <= TOLERANCE and forward["repeatable"]
+    assert forward["statistics_unchanged"] and forward["keras_call_moves_statistics"]
+    assert forward["compiled"] == (backend == "jax"), "compiled once per model on JAX only"
 
 
 def test_subpixel_generator_keeps_the_chapter_layers():
@@ -100,3 +105,17 @@ def test_measured_xla_flag_is_added_unless_the_user_chose(given, expected):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == expected
+
+
+def test_train_flags_set_the_speed_settings_and_resume_may_change_them():
+    from threedgan.checkpoint import FIELDS_FREE_ON_RESUME
+    from threedgan.cli import config_from_train_arguments, train_parser
+
+    arguments = train_parser().parse_args(["--data-format", "channels_first", "--deconvolution", "subpixel"])
+    config = config_from_train_arguments(arguments)
+    assert (config.data_format, config.deconvolution) == ("channels_first", "subpixel")
+    assert config_from_train_arguments(train_parser().parse_args([])).deconvolution == "auto"
+    with pytest.raises(SystemExit) as exit_info:
+        train_parser().parse_args(["--deconvolution", "fast"])
+    assert exit_info.value.code == 2
+    assert {"data_format", "deconvolution"} <= set(FIELDS_FREE_ON_RESUME)

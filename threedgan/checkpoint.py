@@ -72,6 +72,9 @@ FIELDS_FREE_ON_RESUME = (
     "time_budget_minutes",
     # Synchronised BatchNorm makes N devices train the one-device model, so a run may resume on more or fewer.
     "devices",
+    # Speed settings: the same networks and weight files in every layout (tests/test_layouts.py).
+    "data_format",
+    "deconvolution",
     "output_dir",
     "logdir",
     "run_name",

@@ -100,6 +100,16 @@ def train_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--time-budget-minutes", type=_positive_float, help="stop after this much training time")
     recipe.add_argument("--precision", dest="mixed_precision", choices=["auto", "bfloat16", "float32"])
     recipe.add_argument(
+        "--data-format",
+        choices=["auto", "channels_last", "channels_first"],
+        help="the networks' internal layout, a speed setting (default auto: measured per backend)",
+    )
+    recipe.add_argument(
+        "--deconvolution",
+        choices=["auto", "transposed", "subpixel"],
+        help="how G's stride-2 transposed convolutions are computed, a speed setting (default auto: subpixel on jax)",
+    )
+    recipe.add_argument(
         "--devices",
         type=_positive_int,
         metavar="N",

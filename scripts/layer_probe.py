@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Times each convolution of the chapter's networks alone, forward and forward + backward, on a GPU.
+
+    KERAS_BACKEND=jax python scripts/layer_probe.py jax       # XLA: Keras' ops, and the sub-pixel deconvolution
+    python scripts/layer_probe.py torch                       # cuDNN through plain PyTorch, for comparison
+
+The diagnostic behind README "Speed": it showed XLA's 3-D transposed convolutions (the generator's layers 2–5) 4–19×
+slower than cuDNN's while plain convolutions ran alike. Batch 32, bf16, median of 20 timed runs after 3 warm-ups;
+one JSON line per layer. Needs JAX or PyTorch with a GPU to mean anything.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
+
+# (input side, in channels, out channels, stride, padding) of every convolution, at 64³
+DISCRIMINATOR = [(64, 1, 64, 2, "same"), (32, 64, 128, 2, "same"), (16, 128, 256, 2, "same"), (8, 256, 512, 2, "same"), (4, 512, 1, 1, "valid")]
+GENERATOR = [(1, 200, 512, 1, "valid"), (4, 512, 256, 2, "same"), (8, 256, 128, 2, "same"), (16, 128, 64, 2, "same"), (32, 64, 1, 2, "same")]
+
+
+REPEATS, WARMUP = 20, 3
+
+
+def median_ms(function, wait):
+    repeats, warmup = REPEATS, WARMUP
+    for _ in range(warmup):
+        wait(function())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        wait(function())
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1e3, 3)
+
+
+def probe_jax(batch):
+    import jax
+    import jax.numpy as jnp
+    import keras
+    from keras import ops
+
+    from threedgan.models import SubpixelConv3DTranspose
+
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    key = jax.random.PRNGKey(0)
+    for network, table in (("D", DISCRIMINATOR), ("G", GENERATOR)):
+        for index, (side, c_in, c_out, stride, padding) in enumerate(table, start=1):
+            x = jax.random.normal(key, (batch, side, side, side, c_in), jnp.bfloat16)
+            variants = []
+            if network == "D":
+                kernel = jax.random.normal(key, (4, 4, 4, c_in, c_out), jnp.bfloat16) * 0.02
+                variants.append(("conv", lambda k, x: ops.conv(x, k, strides=stride, padding=padding)))
+            else:
+                kernel = jax.random.normal(key, (4, 4, 4, c_out, c_in), jnp.bfloat16) * 0.02
+                variants.append(("transposed", lambda k, x: ops.conv_transpose(x, k, strides=stride, padding=padding)))
+                if stride == 2:
+                    layer = SubpixelConv3DTranspose(c_out, 4, strides=2, padding="same", use_bias=False)
+                    layer.build(x.shape)
+                    variants.append(("subpixel", lambda k, x: layer.stateless_call([k.astype("float32")], [], x)[0]))
+            for name, function in variants:
+                forward = jax.jit(function)
+                gradient = jax.jit(jax.grad(lambda k, x: jnp.sum(function(k, x).astype(jnp.float32) ** 2), argnums=(0, 1)))
+                yield dict(framework="jax", layer=f"{network}{index}", variant=name, forward_ms=median_ms(lambda: forward(kernel, x), jax.block_until_ready),
+                           forward_backward_ms=median_ms(lambda: gradient(kernel, x), jax.block_until_ready))
+
+
+def probe_torch(batch):
+    import torch
+    import torch.nn.functional as F
+
+    torch.backends.cudnn.benchmark = True
+    wait = lambda _: torch.cuda.synchronize()
+    for network, table in (("D", DISCRIMINATOR), ("G", GENERATOR)):
+        for index, (side, c_in, c_out, stride, padding) in enumerate(table, start=1):
+            options = dict(device="cuda", dtype=torch.bfloat16)
+            x = torch.randn(batch, c_in, side, side, side, **options).to(memory_format=torch.channels_last_3d).requires_grad_()
+            pad = 1 if padding == "same" else 0
+            if network == "D":
+                kernel = torch.randn(c_out, c_in, 4, 4, 4, **options) * 0.02
+                function = lambda: F.conv3d(x, kernel, stride=stride, padding=pad)
+            else:
+                kernel = torch.randn(c_in, c_out, 4, 4, 4, **options) * 0.02
+                function = lambda: F.conv_transpose3d(x, kernel, stride=stride, padding=pad)
+            kernel = kernel.to(memory_format=torch.channels_last_3d).requires_grad_()
+
+            def forward_backward():
+                (function().float() ** 2).sum().backward()
+
+            with torch.no_grad():
+                forward = median_ms(function, wait)
+            yield dict(framework="torch", layer=f"{network}{index}", variant="cudnn channels_last_3d", forward_ms=forward,
+                       forward_backward_ms=median_ms(forward_backward, wait))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("framework", choices=["jax", "torch"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median taken)")
+    parser.add_argument("--warmup", type=int, default=3)
+    arguments = parser.parse_args(argv)
+    global REPEATS, WARMUP
+    REPEATS, WARMUP = arguments.repeats, arguments.warmup
+    for row in (probe_jax if arguments.framework == "jax" else probe_torch)(arguments.batch):
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
