@@ -274,6 +274,8 @@ class Trainer:
                 keras.backend.backend(),
                 self.precision,
             )
+            if keras.backend.backend() == "torch" and accelerator_present():
+                logger.info("hint: on an H100 the JAX backend (KERAS_BACKEND=jax) ran this step 5x faster; README 'Speed'")
             started = time.perf_counter()
             with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals():
                 self._write_graphs()
