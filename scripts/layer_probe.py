@@ -4,9 +4,9 @@
     KERAS_BACKEND=jax python scripts/layer_probe.py jax       # XLA: Keras' ops, and the sub-pixel deconvolution
     python scripts/layer_probe.py torch                       # cuDNN through plain PyTorch, for comparison
 
-The diagnostic behind README "Speed": it showed XLA's 3-D transposed convolutions (the generator's layers 2–5) 4–19×
-slower than cuDNN's while plain convolutions ran alike. Batch 32, bf16, median of 20 timed runs after 3 warm-ups;
-one JSON line per layer. Needs JAX or PyTorch with a GPU to mean anything.
+The diagnostic behind README "Speed": it showed XLA's 3-D transposed convolutions (the generator's layers 2–5)
+2–19× slower than cuDNN's forward + backward, worst for the last layer, while plain convolutions ran alike. Batch 32,
+bf16, median of 20 timed runs after 3 warm-ups; one JSON line per layer. Needs JAX or PyTorch with a GPU to mean anything.
 """
 import argparse
 import json

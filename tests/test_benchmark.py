@@ -28,5 +28,7 @@ def test_cpu_mode_times_the_step_and_the_data_path(tmp_path, volumetric_dir):
     step, data_path = [json.loads(line) for line in output.read_text().splitlines()]
     assert step["impl"] == "threedgan" and step["batch"] == 2 and step["precision"] == "float32"
     assert step["median_s"] > 0 and step["samples_per_s"] > 0 and step["tflops"] > 0
+    assert step["data_format"] in ("channels_last", "channels_first"), "the resolved layout, not 'auto'"
+    assert step["deconvolution"] in ("transposed", "subpixel")
     assert data_path["volumes"] == 6 and data_path["cold_load_s"] >= 0 and data_path["feed_batches_per_s"] > 0
     assert data_path["bytes_per_volume"] == 4096, "held bit-packed at 32³"

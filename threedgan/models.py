@@ -73,7 +73,7 @@ def resolve_deconvolution(config) -> str:
     """How the generator computes its stride-2 transposed convolutions, resolving `config.deconvolution="auto"`.
 
     `auto` is `subpixel` on the JAX backend, where XLA's 3-D transposed convolutions (and above all their gradients)
-    are 6–19 times slower than cuDNN's on an H100, and `transposed` (Keras' own layer) elsewhere. README "Speed" has
+    are 2–19 times slower than cuDNN's on an H100, and `transposed` (Keras' own layer) elsewhere. README "Speed" has
     the numbers.
 
     Args:
@@ -85,7 +85,7 @@ def resolve_deconvolution(config) -> str:
     Raises:
         ValueError: an unknown `config.deconvolution`.
     """
-    deconvolution = getattr(config, "deconvolution", "auto")
+    deconvolution = config.deconvolution
     if deconvolution == "auto":
         deconvolution = "subpixel" if keras.backend.backend() == "jax" else "transposed"
     if deconvolution not in DECONVOLUTIONS:
