@@ -178,11 +178,13 @@ def time_data_path(data_dir, category, rotations, batch, batches):
 
 
 def main(argv=None):
+    from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="reduced CPU mode: batch 2, 2 iterations, float32")
     parser.add_argument("--precision", nargs="+", default=None, choices=["bfloat16", "float32"])
-    parser.add_argument("--data-format", nargs="+", default=["auto"], choices=["auto", "channels_last", "channels_first"])
-    parser.add_argument("--deconvolution", nargs="+", default=["auto"], choices=["auto", "transposed", "subpixel"])
+    parser.add_argument("--data-format", nargs="+", default=["auto"], choices=DATA_FORMAT_CHOICES)
+    parser.add_argument("--deconvolution", nargs="+", default=["auto"], choices=DECONVOLUTION_CHOICES)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)

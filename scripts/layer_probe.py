@@ -22,11 +22,7 @@ DISCRIMINATOR = [(64, 1, 64, 2, "same"), (32, 64, 128, 2, "same"), (16, 128, 256
 GENERATOR = [(1, 200, 512, 1, "valid"), (4, 512, 256, 2, "same"), (8, 256, 128, 2, "same"), (16, 128, 64, 2, "same"), (32, 64, 1, 2, "same")]
 
 
-REPEATS, WARMUP = 20, 3
-
-
-def median_ms(function, wait):
-    repeats, warmup = REPEATS, WARMUP
+def median_ms(function, wait, repeats, warmup):
     for _ in range(warmup):
         wait(function())
     times = []
@@ -37,7 +33,7 @@ def median_ms(function, wait):
     return round(statistics.median(times) * 1e3, 3)
 
 
-def probe_jax(batch):
+def probe_jax(batch, timing):
     import jax
     import jax.numpy as jnp
     import keras
@@ -64,11 +60,11 @@ def probe_jax(batch):
             for name, function in variants:
                 forward = jax.jit(function)
                 gradient = jax.jit(jax.grad(lambda k, x: jnp.sum(function(k, x).astype(jnp.float32) ** 2), argnums=(0, 1)))
-                yield dict(framework="jax", layer=f"{network}{index}", variant=name, forward_ms=median_ms(lambda: forward(kernel, x), jax.block_until_ready),
-                           forward_backward_ms=median_ms(lambda: gradient(kernel, x), jax.block_until_ready))
+                yield dict(framework="jax", layer=f"{network}{index}", variant=name, forward_ms=median_ms(lambda: forward(kernel, x), jax.block_until_ready, **timing),
+                           forward_backward_ms=median_ms(lambda: gradient(kernel, x), jax.block_until_ready, **timing))
 
 
-def probe_torch(batch):
+def probe_torch(batch, timing):
     import torch
     import torch.nn.functional as F
 
@@ -91,9 +87,9 @@ def probe_torch(batch):
                 (function().float() ** 2).sum().backward()
 
             with torch.no_grad():
-                forward = median_ms(function, wait)
+                forward = median_ms(function, wait, **timing)
             yield dict(framework="torch", layer=f"{network}{index}", variant="cudnn channels_last_3d", forward_ms=forward,
-                       forward_backward_ms=median_ms(forward_backward, wait))
+                       forward_backward_ms=median_ms(forward_backward, wait, **timing))
 
 
 def main(argv=None):
@@ -103,9 +99,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median taken)")
     parser.add_argument("--warmup", type=int, default=3)
     arguments = parser.parse_args(argv)
-    global REPEATS, WARMUP
-    REPEATS, WARMUP = arguments.repeats, arguments.warmup
-    for row in (probe_jax if arguments.framework == "jax" else probe_torch)(arguments.batch):
+    timing = dict(repeats=arguments.repeats, warmup=arguments.warmup)
+    for row in (probe_jax if arguments.framework == "jax" else probe_torch)(arguments.batch, timing):
         print(json.dumps(row), flush=True)
     return 0
 

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES
 from threedgan.errors import ThreedganError
 
 EXIT_USER_ERROR = 2
@@ -101,12 +102,12 @@ def train_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--precision", dest="mixed_precision", choices=["auto", "bfloat16", "float32"])
     recipe.add_argument(
         "--data-format",
-        choices=["auto", "channels_last", "channels_first"],
+        choices=DATA_FORMAT_CHOICES,
         help="the networks' internal layout, a speed setting (default auto: measured per backend)",
     )
     recipe.add_argument(
         "--deconvolution",
-        choices=["auto", "transposed", "subpixel"],
+        choices=DECONVOLUTION_CHOICES,
         help="how G's stride-2 transposed convolutions are computed, a speed setting (default auto: subpixel on jax)",
     )
     recipe.add_argument(

@@ -17,6 +17,10 @@ from typing import Optional
 from threedgan.errors import ConfigError
 
 CONFIG_FILENAME = "config.json"
+# Speed settings (see `threedgan.models`): "auto" is resolved per backend by `resolve_data_format` /
+# `resolve_deconvolution`.
+DATA_FORMAT_CHOICES = ("auto", "channels_last", "channels_first")
+DECONVOLUTION_CHOICES = ("auto", "transposed", "subpixel")
 
 # The chapter's recipe (Packt, chapter 2) and the authors' (Wu et al. 2016, section 4). `better` keeps the chapter's
 # networks and changes only the training recipe; see README "Presets".
@@ -49,6 +53,10 @@ PRESETS = {
         real_label=0.9,
     ),
 }
+
+
+def _one_of(choices) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
 
 
 @dataclass
@@ -181,12 +189,8 @@ class Config:
             ("z_size", self.z_size >= 1, "must be at least 1"),
             ("z_stddev", self.z_stddev > 0, "must be positive"),
             ("cube_length", self.cube_length == 64, "must be 64 (the chapter's networks)"),
-            (
-                "data_format",
-                self.data_format in ("auto", "channels_last", "channels_first"),
-                "must be auto, channels_last or channels_first",
-            ),
-            ("deconvolution", self.deconvolution in ("auto", "transposed", "subpixel"), "must be auto, transposed or subpixel"),
+            ("data_format", self.data_format in DATA_FORMAT_CHOICES, "must be " + _one_of(DATA_FORMAT_CHOICES)),
+            ("deconvolution", self.deconvolution in DECONVOLUTION_CHOICES, "must be " + _one_of(DECONVOLUTION_CHOICES)),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
             ("generator_learning_rate", self.generator_learning_rate > 0, "must be positive"),

@@ -26,11 +26,12 @@ import itertools
 import keras
 from keras import layers, ops
 
+from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES
+
 GENERATOR_FILTERS = (512, 256, 128, 64, 1)
 DISCRIMINATOR_FILTERS = (64, 128, 256, 512, 1)
 KERNEL_SIZE = 4
 LEAKY_RELU_SLOPE = 0.2
-DATA_FORMATS = ("channels_last", "channels_first")
 
 
 def resolve_data_format(config) -> str:
@@ -57,16 +58,13 @@ def resolve_data_format(config) -> str:
 
             if torch.cuda.is_available():
                 data_format = "channels_first"
-    if data_format not in DATA_FORMATS:
-        raise ValueError(f"data_format must be auto, channels_last or channels_first, got {config.data_format!r}")
+    if data_format not in DATA_FORMAT_CHOICES[1:]:
+        raise ValueError(f"data_format must be one of {DATA_FORMAT_CHOICES}, got {config.data_format!r}")
     return data_format
 
 
 def _channel_axis(data_format: str) -> int:
     return 1 if data_format == "channels_first" else -1
-
-
-DECONVOLUTIONS = ("transposed", "subpixel")
 
 
 def resolve_deconvolution(config) -> str:
@@ -88,8 +86,8 @@ def resolve_deconvolution(config) -> str:
     deconvolution = config.deconvolution
     if deconvolution == "auto":
         deconvolution = "subpixel" if keras.backend.backend() == "jax" else "transposed"
-    if deconvolution not in DECONVOLUTIONS:
-        raise ValueError(f"deconvolution must be auto, transposed or subpixel, got {config.deconvolution!r}")
+    if deconvolution not in DECONVOLUTION_CHOICES[1:]:
+        raise ValueError(f"deconvolution must be one of {DECONVOLUTION_CHOICES}, got {config.deconvolution!r}")
     return deconvolution
 
 
