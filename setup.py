@@ -21,7 +21,14 @@ setup(
         "scikit-learn>=1.3",
         "hyperopt>=0.2.7",
     ],
-    extras_require={"tensorflow": ["tensorflow>=2.16"], "jax": ["jax>=0.4.30"]},
+    # The backend is an extra: `.[tensorflow]` (the default backend; requirements.txt installs it), `.[jax]` (CPU; on
+    # NVIDIA GPUs install "jax[cuda12]" instead), or an existing torch. `.[test]` is what the tests need, as
+    # requirements-test.txt.
+    extras_require={
+        "tensorflow": ["tensorflow>=2.16"],
+        "jax": ["jax>=0.4.30"],
+        "test": ["tensorflow>=2.16", "pytest>=8", "tf_keras>=2.16", "jax[cpu]>=0.4.30", "torch==2.13.0"],
+    },
     entry_points={
         "console_scripts": [
             "threedgan-train=threedgan.cli:train_main",

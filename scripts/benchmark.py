@@ -5,9 +5,11 @@
     python scripts/benchmark.py --cpu                                   # reduced CPU mode (what the tests run)
     python scripts/benchmark.py --data-dir 3DShapeNets.zip --category chair   # plus the data path
 
-One iteration is the chapter's: generate B volumes, update D on B real and B generated volumes, update G on B fresh
-latents — the same work and FLOP count as `shared/bench/torch_reference.py`, so the two samples/s compare directly
-when both run in the same device call. Prints one JSON line per measurement.
+`--recipe chapter` times the chapter's iteration: generate B volumes, update D on B real and B generated volumes, update
+G on B fresh latents. `--recipe stable` times the default recipe (one D update on both batches, R1 every 4th
+iteration, G average), in whole 4-iteration cycles. `benchmarks/torch_baseline.py` runs the same two recipes on the
+same networks in plain PyTorch, so the samples/s of the two compare directly when both run on the same machine.
+Prints one JSON line per measurement.
 """
 import argparse
 import json
@@ -22,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
 
 # forward FLOPs (2 × multiply-adds) per sample at 64³, layer by layer: (output positions, in channels, out channels)
-# for 4³ kernels — the same table as shared/bench/torch_reference.py, so TFLOP/s figures compare.
+# for 4³ kernels, so TFLOP/s figures compare with other implementations of the chapter's networks.
 _GENERATOR_LAYERS = [(1, 200, 512), (4**3, 512, 256), (8**3, 256, 128), (16**3, 128, 64), (32**3, 64, 1)]
 _DISCRIMINATOR_LAYERS = [(32**3, 1, 64), (16**3, 64, 128), (8**3, 128, 256), (4**3, 256, 512), (1, 512, 1)]
 FORWARD_GENERATOR = sum(2 * n * c_in * c_out * 64 for n, c_in, c_out in _GENERATOR_LAYERS)
@@ -64,17 +66,33 @@ def block(value):
     return keras.ops.convert_to_numpy(value["g_loss"])
 
 
-def time_iterations(precision, batch, iterations, warmup, data_format="auto", deconvolution="auto", seed=0):
+# `--recipe`: the chapter's iteration (the `book` preset) or the default recipe (`r1-ema`: logistic loss, R1 every
+# 4th iteration, G average).
+RECIPE_PRESETS = {"chapter": "book", "stable": "r1-ema"}
+
+
+def time_iterations(
+    precision, batch, iterations, warmup, data_format="auto", deconvolution="auto", seed=0, first_convolution="auto",
+    recipe="chapter",
+):
+    """Times the training step; with R1 every N-th iteration, whole cycles of N, so the penalty's share is counted."""
     import keras
     import numpy as np
 
     from threedgan.config import Config
     from threedgan.latent import sample_latents
-    from threedgan.models import resolve_data_format, resolve_deconvolution
-    from threedgan.train import Gan, accelerator_present, configure_precision
+    from threedgan.models import resolve_data_format, resolve_deconvolution, resolve_first_convolution
+    from threedgan.models import accelerator_present, configure_precision
+    from threedgan.train import Gan
 
     config = Config.from_preset(
-        "book", batch_size=batch, mixed_precision=precision, data_format=data_format, deconvolution=deconvolution, seed=seed
+        RECIPE_PRESETS[recipe],
+        batch_size=batch,
+        mixed_precision=precision,
+        data_format=data_format,
+        deconvolution=deconvolution,
+        first_convolution=first_convolution,
+        seed=seed,
     )
     compute_dtype = configure_precision(config)
     gan = Gan.build(config)
@@ -87,23 +105,29 @@ def time_iterations(precision, batch, iterations, warmup, data_format="auto", de
         indices = keras.ops.convert_to_tensor(rng.integers(0, batch * 4, batch))
         return gan.step(keras.ops.take(volumes, indices, axis=0), latents(), latents())
 
+    cycle = config.r1_interval if config.r1_gamma > 0 else 1
     start = time.perf_counter()
-    block(iteration())
+    for _ in range(cycle):  # compiles every variant of the step
+        block(iteration())
     compile_seconds = time.perf_counter() - start
-    for _ in range(warmup):
+    for _ in range(warmup * cycle):
         block(iteration())
     times = []
-    for _ in range(iterations):
+    for _ in range(max(1, iterations // cycle)):
         start = time.perf_counter()
-        block(iteration())
-        times.append(time.perf_counter() - start)
+        for _ in range(cycle):
+            metrics = iteration()
+        block(metrics)
+        times.append((time.perf_counter() - start) / cycle)
     median = statistics.median(times)
     return dict(
         impl="threedgan",
+        recipe=recipe,
         backend=keras.backend.backend(),
         precision=compute_dtype,
         data_format=resolve_data_format(config),
         deconvolution=resolve_deconvolution(config),
+        first_convolution=resolve_first_convolution(config),
         batch=batch,
         median_s=round(median, 4),
         samples_per_s=round(batch / median, 1),
@@ -151,14 +175,9 @@ def time_data_path(data_dir, category, rotations, batch, batches):
         cached = time.perf_counter() - start
     device_volumes = keras.ops.convert_to_tensor(dataset.packed)
     rng = np.random.default_rng(0)
-    feeder = dataset.index_batches(batch, rng)
     start = time.perf_counter()
     for _ in range(batches):
-        try:
-            indices = next(feeder)
-        except StopIteration:
-            feeder = dataset.index_batches(batch, rng)
-            indices = next(feeder)
+        indices = rng.choice(len(dataset), batch, replace=False)  # the cost of drawing a batch, as the trainer does
         real = keras.ops.take(device_volumes, keras.ops.convert_to_tensor(indices), axis=0)
         sample_latents(batch, config.z_size, config.z_stddev, seed=rng), sample_latents(batch, config.z_size, config.z_stddev, seed=rng)
     keras.ops.convert_to_numpy(real)
@@ -178,13 +197,16 @@ def time_data_path(data_dir, category, rotations, batch, batches):
 
 
 def main(argv=None):
-    from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES
+    from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES, FIRST_CONVOLUTION_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="reduced CPU mode: batch 2, 2 iterations, float32")
     parser.add_argument("--precision", nargs="+", default=None, choices=["bfloat16", "float32"])
     parser.add_argument("--data-format", nargs="+", default=["auto"], choices=DATA_FORMAT_CHOICES)
     parser.add_argument("--deconvolution", nargs="+", default=["auto"], choices=DECONVOLUTION_CHOICES)
+    parser.add_argument("--first-convolution", nargs="+", default=["auto"], choices=FIRST_CONVOLUTION_CHOICES)
+    parser.add_argument("--recipe", nargs="+", default=list(RECIPE_PRESETS), choices=list(RECIPE_PRESETS),
+                        help="chapter: the book's iteration; stable: the default r1-ema recipe (R1 share counted)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -199,13 +221,23 @@ def main(argv=None):
         arguments.precision = arguments.precision or ["float32"]
     results = []
     if not arguments.skip_step:
-        for precision in arguments.precision or ["bfloat16", "float32"]:
+        for recipe, precision in ((r, p) for r in arguments.recipe for p in arguments.precision or ["bfloat16", "float32"]):
             for data_format in arguments.data_format:
                 for deconvolution in arguments.deconvolution:
-                    results.append(
-                        time_iterations(precision, arguments.batch, arguments.iters, arguments.warmup, data_format, deconvolution)
-                    )
-                    print(json.dumps(results[-1]), flush=True)
+                    for first_convolution in arguments.first_convolution:
+                        results.append(
+                            time_iterations(
+                                precision,
+                                arguments.batch,
+                                arguments.iters,
+                                arguments.warmup,
+                                data_format,
+                                deconvolution,
+                                first_convolution=first_convolution,
+                                recipe=recipe,
+                            )
+                        )
+                        print(json.dumps(results[-1]), flush=True)
     if arguments.data_dir:
         batches = 20 if arguments.cpu else 200
         results.append(time_data_path(arguments.data_dir, arguments.category, arguments.rotations, arguments.batch, batches))

@@ -9,7 +9,8 @@ import scipy.io
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHARED_ZIP = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "3DShapeNets-volumetric.zip")
+# Tests that need the real 3DShapeNets archive (the zip) read it from this variable, as the library does.
+DATA_VARIABLE = "THREEDGAN_DATA"
 
 
 def solid_box(low, high, side=30):
@@ -56,8 +57,17 @@ def volumetric_zip(tmp_path, volumetric_dir):
     return zip_tree(volumetric_dir, str(tmp_path / "volumes.zip"))
 
 
+def real_archive():
+    """The real 3DShapeNets zip named by `$THREEDGAN_DATA`, or `None` when the variable names no zip file."""
+    path = os.environ.get(DATA_VARIABLE)
+    return path if path and os.path.isfile(path) and path.lower().endswith(".zip") else None
+
+
 @pytest.fixture
 def shared_zip():
-    if not os.path.exists(SHARED_ZIP):
-        pytest.skip(f"shared 3DShapeNets archive not found at {os.path.abspath(SHARED_ZIP)}")
-    return SHARED_ZIP
+    """The real 3DShapeNets archive named by `$THREEDGAN_DATA`; the test skips, saying why, when there is none."""
+    path = real_archive()
+    if path is None:
+        reason = f"is {os.environ[DATA_VARIABLE]!r}, not the zip" if os.environ.get(DATA_VARIABLE) else "is not set"
+        pytest.skip(f"${DATA_VARIABLE} {reason}; point it at the 3DShapeNets zip to run the tests on real data")
+    return path

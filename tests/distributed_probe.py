@@ -16,7 +16,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from step_probe import Z_SIZE, tiny_models  # noqa: E402
-from threedgan.backend_steps import make_train_step  # noqa: E402
+from threedgan.training_step import make_train_step  # noqa: E402
 from threedgan.distributed import replica_count, shard_batch, setup_data_parallel  # noqa: E402
 
 GLOBAL_BATCH = 4
@@ -76,7 +76,8 @@ def per_replica_batchnorm_difference(initial_weights):
     This is what unsynchronised (per-replica) BatchNorm would compute; the tolerance of the one-device versus
     two-device comparison must be far below it for that comparison to show that BatchNorm is synchronised.
     """
-    from threedgan.backend_steps import binary_crossentropy, forward_without_side_effects
+    from threedgan.losses import binary_crossentropy
+    from threedgan.models import forward_without_side_effects
     from threedgan.data import unpack_and_upsample
     from threedgan.models import discriminator_logits
 

@@ -113,7 +113,7 @@ def jax_gradient_difference(rng):
 
 def side_effect_free_forward(rng):
     """`forward_without_side_effects` (compiled on JAX) gives the training-mode output and leaves BatchNorm alone."""
-    from threedgan.backend_steps import forward_without_side_effects
+    from threedgan.models import forward_without_side_effects
 
     inputs = keras.Input((4,))
     hidden = keras.layers.BatchNormalization()(keras.layers.Dense(8)(inputs))

@@ -22,7 +22,9 @@ import numpy as np  # noqa: E402
 
 from distributed_probe import GLOBAL_BATCH, batches  # noqa: E402
 from step_probe import Z_SIZE, tiny_models  # noqa: E402
-from threedgan.backend_steps import binary_crossentropy, forward_without_side_effects, make_train_step  # noqa: E402
+from threedgan.losses import binary_crossentropy  # noqa: E402
+from threedgan.models import forward_without_side_effects  # noqa: E402
+from threedgan.training_step import make_train_step  # noqa: E402
 from threedgan.data import unpack_and_upsample  # noqa: E402
 from threedgan.distributed import setup_mirrored  # noqa: E402
 from threedgan.models import discriminator_logits  # noqa: E402

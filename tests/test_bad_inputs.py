@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.conftest import SHARED_ZIP, solid_box, write_tree, zip_tree
+from tests.conftest import real_archive, solid_box, write_tree, zip_tree
 from threedgan.cli import generate_main, train_main
 from threedgan.config import Config
 from threedgan.errors import ThreedganError
@@ -69,9 +69,10 @@ def valid_mat_bytes():
 
 
 def matlab_v73_bytes():
-    """The shared data's MATLAB v7.3 feature file if present, else an HDF5 file with the same 128-byte header."""
-    if os.path.exists(SHARED_ZIP):
-        with zipfile.ZipFile(SHARED_ZIP) as archive:
+    """The real data's MATLAB v7.3 feature file if `$THREEDGAN_DATA` names the archive, else an HDF5 file with the same
+    128-byte header."""
+    if real_archive():
+        with zipfile.ZipFile(real_archive()) as archive:
             if MATLAB_V73_MEMBER in archive.namelist():
                 return archive.read(MATLAB_V73_MEMBER)
     import h5py

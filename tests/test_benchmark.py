@@ -15,7 +15,7 @@ def load_benchmark():
 
 def test_flop_count_matches_the_reference_formula():
     benchmark = load_benchmark()
-    # shared/bench/torch_reference.py: batch * (FWD_G + 3*FWD_D + 3*FWD_D + 3*FWD_G + 3*FWD_D)
+    # as benchmarks/torch_baseline.py counts it: batch * (FWD_G + 3*FWD_D + 3*FWD_D + 3*FWD_G + 3*FWD_D)
     expected = 32 * (4 * benchmark.FORWARD_GENERATOR + 9 * benchmark.FORWARD_DISCRIMINATOR)
     assert benchmark.flops_per_iteration(32) == expected
     assert 2.5e12 < expected < 4e12, "about 3.2 TFLOP per iteration at batch 32"

@@ -133,6 +133,28 @@ def test_script_bad_input_is_one_line_exit_2(arguments, message, capsys):
     assert len(error) == 1 and error[0].startswith("error:") and message in error[0]
 
 
+def test_mismatched_category_and_too_few_samples_are_warned_about(tmp_path, volumetric_dir, capsys):
+    # Two samples recorded as an airplane generator's, against the three canonical test chairs.
+    samples = save_packed_samples(
+        as_generated(random_boxes(2, seed=6)), str(tmp_path / "samples.npz"), provenance={"categories": ["airplane"]}
+    )
+    arguments = ["--samples", samples, "--category", "chair", "--data-dir", volumetric_dir, "--distances", "iou",
+                 "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert evaluate.evaluate_main(arguments) == 0
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings == [
+        "warning: the samples come from a generator trained on airplane, but the references are chair; "
+        "pass --category airplane",
+        "warning: 2 samples against 3 references: COV cannot exceed 67 %; generate at least 3 "
+        "(scripts/generate.py --num 3 --format npz)",
+    ]
+    results = evaluate.evaluate_generator(samples, "chair", volumetric_dir, distances=("iou",), cache_dir=str(tmp_path))
+    assert results["sample_provenance"]["categories"] == ["airplane"] and len(results["warnings"]) == 2
+    assert evaluate.sample_warnings("chair", ["chair"], 3, 3) == []
+    assert evaluate.sample_warnings("chair", ["all"], 3, 3) == []
+    assert "records no provenance" in evaluate.sample_warnings("chair", None, 3, 3, provenance={})[0]
+
+
 def test_feature_extractor_gives_the_papers_7168_features():
     from threedgan.config import Config
     from threedgan.models import build_discriminator

@@ -97,16 +97,40 @@ def test_generate_interpolation_and_arithmetic(trained_run, tmp_path):
     _, output_dir, _ = trained_run
     weights = os.path.join(output_dir, "generator_weights.h5")
     out = str(tmp_path / "walk")
-    assert generate_main(["--weights", weights, "--interpolate", "1", "2", "--steps", "3", "--output-dir", out, "--format", "npy"]) == 0
+    argv = ["--weights", weights, "--interpolate", "seed:1", "seed:2", "--steps", "3", "--output-dir", out, "--format", "npy"]
+    assert generate_main(argv) == 0
     assert {"interpolation_00.npy", "interpolation_02.npy", "interpolation_strip.png", "interpolation_latents.npy"} <= set(os.listdir(out))
     walk = np.load(os.path.join(out, "interpolation_latents.npy"))
     assert walk.shape == (3, 200)
     out2 = str(tmp_path / "sum")
     latents_file = os.path.join(out, "interpolation_latents.npy")
-    assert generate_main(["--weights", weights, "--arithmetic", f"{latents_file}:0", "2", "3", "--output-dir", out2, "--format", "npy"]) == 0
+    argv = ["--weights", weights, "--arithmetic", f"{latents_file}:0", "seed:2", "sample:1", "--latents", latents_file,
+            "--output-dir", out2, "--format", "npy"]  # fmt: skip
+    assert generate_main(argv) == 0
     latents = np.load(os.path.join(out2, "arithmetic_latents.npy"))
     np.testing.assert_allclose(latents[3], latents[0] - latents[1] + latents[2], rtol=1e-6)
     np.testing.assert_array_equal(latents[0], walk[0])
+    np.testing.assert_array_equal(latents[2], walk[1])  # sample:1 is row 1 of --latents
+
+
+def test_generate_records_provenance_and_labels_its_pictures(trained_run, tmp_path, capsys):
+    from threedgan.generate import read_provenance
+
+    _, output_dir, _ = trained_run
+    weights = os.path.join(output_dir, "generator_weights.h5")
+    out = str(tmp_path / "s")
+    argv = ["--weights", weights, "--num", "2", "--seed", "4", "--format", "npz,png", "--grid", "--views", "front,top",
+            "--image-size", "64", "--output-dir", out]  # fmt: skip
+    assert generate_main(argv) == 0
+    facts = read_provenance(os.path.join(out, "samples.npz"))
+    assert facts["categories"] == ["chair"] and facts["seed"] == 4 and facts["count"] == 2 and facts["mode"] == "sample"
+    assert facts["weights"] == os.path.abspath(weights) and facts["threshold"] == 0.5 and facts["batchnorm"] == "batch"
+    from PIL import Image
+
+    with Image.open(os.path.join(out, "sample_000.png")) as image:
+        assert image.width == 2 * 64 and image.height > 64  # two labelled views
+    assert generate_main(["--weights", weights, "--interpolate", "3", "seed:1", "--output-dir", out]) == 2
+    assert "ambiguous: write seed:3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

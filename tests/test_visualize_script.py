@@ -53,6 +53,16 @@ def test_renders_and_meshes(visualize, chair_like_mat, tmp_path, capsys):
     assert "chair.stl" in capsys.readouterr().out
 
 
+def test_views_side_by_side(visualize, chair_like_mat, tmp_path):
+    output_dir = tmp_path / "out"
+    exit_code = visualize.main([
+        str(chair_like_mat), "--output-dir", str(output_dir), "--image-size", "48", "--views", "front,side,top",
+    ])
+    assert exit_code == 0
+    with Image.open(output_dir / "chair.png") as image:
+        assert image.width == 3 * 48 and image.height > 48  # three views, each named underneath
+
+
 def test_same_names_do_not_overwrite(visualize, tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
@@ -75,6 +85,7 @@ def test_same_names_do_not_overwrite(visualize, tmp_path):
         (["{tmp}/empty.npy", "--format", "png,gif"], "--format"),
         (["{tmp}/empty.npy", "--image-size", "0"], "--image-size"),
         (["{tmp}/empty.npy", "--threshold", "high"], "--threshold"),
+        (["{tmp}/empty.npy", "--views", "front,bottom"], "--views"),
         ([], "required"),
     ],
 )

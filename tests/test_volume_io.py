@@ -10,7 +10,6 @@ import scipy.io
 
 from threedgan.volume_io import load_volume, save_volume
 
-SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "3DShapeNets-volumetric.zip"
 V73_MEMBER = "3DShapeNets/volumetric_data/mantel/30/train_feature.mat"
 V73_MESSAGE = "MATLAB v7.3"
 
@@ -149,10 +148,8 @@ def test_plain_hdf5_with_mat_suffix(tmp_path):
         load_volume(tmp_path / "plain.mat")
 
 
-def test_matlab_v73_file_from_shared_data(tmp_path):
-    if not SHARED_ARCHIVE.is_file():
-        pytest.skip(f"shared 3DShapeNets archive not found at {SHARED_ARCHIVE}")
-    with zipfile.ZipFile(SHARED_ARCHIVE) as archive:
+def test_matlab_v73_file_from_shared_data(tmp_path, shared_zip):
+    with zipfile.ZipFile(shared_zip) as archive:
         # The file is written to tmp_path only for the test run.
         path = tmp_path / "train_feature.mat"
         path.write_bytes(archive.read(V73_MEMBER))

@@ -5,7 +5,9 @@ One folder per checkpoint under `<output_dir>/checkpoints/`:
 
     ckpt-00000120/
         generator_weights.h5       every variable of G and D (trainable ones and BatchNorm statistics), in the
-        discriminator_weights.h5   legacy HDF5 layout of `threedgan.weights`, so `generate --weights` reads them too
+        discriminator_weights.h5   legacy HDF5 layout of `threedgan.weights`, so `generate --weights` reads them too;
+                                   with a generator average (`ema_decay` > 0) generator_weights.h5 holds the average,
+        generator_raw_weights.h5   and this file the trained G itself
         config.json                the run's config
         optimizers.h5              both Adam optimizers' variables (iteration count, learning rate, moments), in order
         epoch_order.npy            the current epoch's shuffled volume order (absent at an epoch boundary)
@@ -52,12 +54,16 @@ TEMPORARY_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
 
 GENERATOR_FILENAME = "generator_weights.h5"
+RAW_GENERATOR_FILENAME = "generator_raw_weights.h5"
 DISCRIMINATOR_FILENAME = "discriminator_weights.h5"
 OPTIMIZERS_FILENAME = "optimizers.h5"
 EPOCH_ORDER_FILENAME = "epoch_order.npy"
 STATE_FILENAME = "state.json"
 # The only names a state.json may list: a manifest naming "../x" must not make the reader open files elsewhere.
-CHECKSUMMED_FILENAMES = (GENERATOR_FILENAME, DISCRIMINATOR_FILENAME, CONFIG_FILENAME, OPTIMIZERS_FILENAME, EPOCH_ORDER_FILENAME)
+CHECKSUMMED_FILENAMES = (
+    GENERATOR_FILENAME, RAW_GENERATOR_FILENAME, DISCRIMINATOR_FILENAME, CONFIG_FILENAME, OPTIMIZERS_FILENAME,
+    EPOCH_ORDER_FILENAME,
+)
 OPTIMIZER_GROUPS = ("generator_optimizer", "discriminator_optimizer")
 HASH_CHUNK_BYTES = 16 << 20
 
@@ -75,6 +81,7 @@ FIELDS_FREE_ON_RESUME = (
     # Speed settings: the same networks and weight files in every layout (tests/test_layouts.py).
     "data_format",
     "deconvolution",
+    "first_convolution",
     "output_dir",
     "logdir",
     "run_name",
@@ -189,11 +196,12 @@ def write_checkpoint(directory: str, gan, state: TrainingState) -> str:
     final_path = os.path.join(directory, checkpoint_name(state.step))
     temporary_path = tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{checkpoint_name(state.step)}-", dir=directory)
     try:
-        save_weights_h5(gan.generator, os.path.join(temporary_path, GENERATOR_FILENAME))
-        save_weights_h5(gan.discriminator, os.path.join(temporary_path, DISCRIMINATOR_FILENAME))
+        weight_files = _weight_files(gan)
+        for model, name in weight_files:
+            save_weights_h5(model, os.path.join(temporary_path, name))
+        names = [name for _, name in weight_files] + [CONFIG_FILENAME, OPTIMIZERS_FILENAME]
         gan.config.save(temporary_path)
         _write_optimizers(os.path.join(temporary_path, OPTIMIZERS_FILENAME), gan)
-        names = [GENERATOR_FILENAME, DISCRIMINATOR_FILENAME, CONFIG_FILENAME, OPTIMIZERS_FILENAME]
         if state.epoch_order is not None:
             np.save(os.path.join(temporary_path, EPOCH_ORDER_FILENAME), np.asarray(state.epoch_order, np.int64))
             names.append(EPOCH_ORDER_FILENAME)
@@ -226,9 +234,23 @@ def write_checkpoint(directory: str, gan, state: TrainingState) -> str:
     return final_path
 
 
+def _weight_files(gan) -> List[Tuple[keras.Model, str]]:
+    """Which network goes into which weights file: the averaged G, when there is one, takes the name that
+    `generate --weights` reads, and the trained G goes beside it."""
+    if gan.generator_average is None:
+        return [(gan.generator, GENERATOR_FILENAME), (gan.discriminator, DISCRIMINATOR_FILENAME)]
+    return [
+        (gan.generator_average, GENERATOR_FILENAME),
+        (gan.generator, RAW_GENERATOR_FILENAME),
+        (gan.discriminator, DISCRIMINATOR_FILENAME),
+    ]
+
+
 def _check_finite(gan, step: int) -> None:
+    average = gan.generator_average.variables if gan.generator_average is not None else []
     groups = (
         ("generator", gan.generator.variables),
+        ("generator average", average),
         ("discriminator", gan.discriminator.variables),
         ("generator optimizer", gan.generator_optimizer.variables),
         ("discriminator optimizer", gan.discriminator_optimizer.variables),
@@ -354,6 +376,8 @@ def read_checkpoint(path: str) -> Checkpoint:
         config = Config.load(os.path.join(path, CONFIG_FILENAME))
     except ConfigError as error:
         raise WeightsError(f"checkpoint {path}: {error}") from None
+    if config.ema_decay > 0 and RAW_GENERATOR_FILENAME not in files:
+        raise WeightsError(f"checkpoint {path} is incomplete: its config averages G, but it has no {RAW_GENERATOR_FILENAME}")
     optimizer_values = _read_optimizers(os.path.join(path, OPTIMIZERS_FILENAME))
     return Checkpoint(path, config, state, optimizer_values)
 
@@ -456,14 +480,15 @@ def restore(gan, checkpoint: Checkpoint) -> None:
                     f"checkpoint {checkpoint.path} does not fit: {group_name} variable {stored_path} has shape "
                     f"{value.shape}, this run's {variable.path} has {tuple(variable.shape)}"
                 )
-    load_weights_h5(gan.generator, os.path.join(checkpoint.path, GENERATOR_FILENAME))
-    load_weights_h5(gan.discriminator, os.path.join(checkpoint.path, DISCRIMINATOR_FILENAME))
+    for model, name in _weight_files(gan):
+        load_weights_h5(model, os.path.join(checkpoint.path, name))
     for group_name, optimizer in zip(OPTIMIZER_GROUPS, optimizers):
         for variable, (_, value) in zip(optimizer.variables, checkpoint.optimizer_values[group_name]):
             variable.assign(value.astype(variable.dtype))
     # The JAX step keeps its state outside the Keras variables: take it from them again.
     gan.step.reload_variables()
     gan.step.last_accuracy = float(checkpoint.state.last_accuracy)
+    gan.step.iterations = checkpoint.state.step
 
 
 # ----------------------------------------------------------------------------------------------------- the folder

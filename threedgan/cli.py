@@ -12,7 +12,14 @@ import logging
 import os
 import sys
 
-from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES
+from threedgan.config import (
+    DATA_FORMAT_CHOICES,
+    DECONVOLUTION_CHOICES,
+    DEFAULT_PRESET,
+    FIRST_CONVOLUTION_CHOICES,
+    LOSS_CHOICES,
+    PRESETS,
+)
 from threedgan.errors import ThreedganError
 
 EXIT_USER_ERROR = 2
@@ -69,6 +76,16 @@ def _positive_float(text):
     return value
 
 
+def _view_list(text):
+    from threedgan.render import VIEWS
+
+    views = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [name for name in views if name not in VIEWS]
+    if unknown or not views:
+        raise argparse.ArgumentTypeError(f"unknown view {unknown[0] if unknown else text!r}; choose from {', '.join(VIEWS)}")
+    return views
+
+
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="threedgan-train",
@@ -76,21 +93,43 @@ def train_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("data")
     data.add_argument("--category", nargs="+", dest="categories", metavar="NAME", help="categories, or 'all' (default chair)")
-    data.add_argument("--data-dir", help="volumetric_data folder, a folder above it, or the zip (default $THREEDGAN_DATA, else download)")
+    data.add_argument(
+        "--data-dir",
+        help="volumetric_data folder, a folder above it, the zip, a packed .npz, or a folder of your own meshes "
+        "(.obj .off .stl .ply .glb) and .binvox files, one subfolder per category (default $THREEDGAN_DATA, else download)",
+    )
     data.add_argument("--split", choices=["train", "test"])
     data.add_argument("--rotations", choices=["all", "canonical"], help="all 12 rotations (default) or _1 only")
     data.add_argument("--obj-ratio", type=_positive_float, help="fraction of each category's files (default 1.0)")
     data.add_argument("--max-samples", type=_positive_int, help="use at most N volumes (smoke runs)")
     data.add_argument("--cache-dir", help="where parsed data is cached (default ~/.cache/threedgan)")
+    data.add_argument("--mesh-margin", type=float, help="meshes: empty voxels around each shape in the 30³ grid (default 3, as 3DShapeNets)")
+    data.add_argument("--mesh-aspect", choices=["keep", "stretch"], help="meshes: keep proportions (default) or stretch each axis")
+    data.add_argument("--mesh-up-axis", choices=["z", "y"], help="meshes: the shapes' up axis (default z; y for ShapeNet, glTF)")
+    data.add_argument(
+        "--skip-bad", action="store_true", default=None, help="meshes: leave out files that cannot be voxelised, with a count"
+    )
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--config", dest="config_file", help="start from this config.json instead of a preset")
-    recipe.add_argument("--preset", choices=["book", "paper", "better"], default=None, help="training recipe (default book)")
-    recipe.add_argument("--epochs", type=_positive_int)
+    recipe.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help=f"training recipe (default {DEFAULT_PRESET}: the chapter's networks with the logistic loss, R1 and G's "
+        "average; book and paper: the chapter's and the paper's values exactly)",
+    )
+    recipe.add_argument("--epochs", type=_positive_int, help="default 100")
     recipe.add_argument("--batch-size", type=_positive_int)
     recipe.add_argument("--generator-learning-rate", "--g-lr", type=_positive_float)
     recipe.add_argument("--discriminator-learning-rate", "--d-lr", type=_positive_float)
     recipe.add_argument("--generator-beta-1", type=float)
+    recipe.add_argument("--generator-beta-2", type=float)
     recipe.add_argument("--discriminator-beta-1", type=float)
+    recipe.add_argument("--discriminator-beta-2", type=float)
+    recipe.add_argument("--loss", choices=LOSS_CHOICES, help="logistic: one D update on real+generated; chapter: the book's two")
+    recipe.add_argument("--r1-gamma", type=float, help="R1 penalty weight on real volumes (0: off)")
+    recipe.add_argument("--r1-interval", type=_positive_int, help="add R1 every N iterations, scaled by N")
+    recipe.add_argument("--ema-decay", type=float, help="G's weight average decay per iteration (0: no average)")
     recipe.add_argument(
         "--discriminator-accuracy-threshold", type=float, help="update D only when its last accuracy <= this (paper: 0.8)"
     )
@@ -109,6 +148,11 @@ def train_parser() -> argparse.ArgumentParser:
         "--deconvolution",
         choices=DECONVOLUTION_CHOICES,
         help="how G's stride-2 transposed convolutions are computed, a speed setting (default auto: subpixel on jax)",
+    )
+    recipe.add_argument(
+        "--first-convolution",
+        choices=FIRST_CONVOLUTION_CHOICES,
+        help="how D's first convolution is computed, a speed setting (default auto: space_to_depth on jax)",
     )
     recipe.add_argument(
         "--devices",
@@ -158,7 +202,7 @@ def config_from_train_arguments(arguments: argparse.Namespace):
         if arguments.preset:
             raise ConfigError("pass either --config or --preset, not both")
         return Config(**dict(Config.load(arguments.config_file).to_dict(), **overrides))
-    return Config.from_preset(arguments.preset or "book", **overrides)
+    return Config.from_preset(arguments.preset or DEFAULT_PRESET, **overrides)
 
 
 @user_errors_to_exit_code
@@ -191,6 +235,16 @@ def generate_parser() -> argparse.ArgumentParser:
         help="comma-separated: npy, mat, png, stl, obj, ply, npz (all samples bit-packed in samples.npz); default npy,png",
     )
     parser.add_argument("--grid", action="store_true", help="also write one PNG showing all samples")
+    parser.add_argument(
+        "--views",
+        type=_view_list,
+        help="comma-separated views per PNG, e.g. front,side,top,three-quarter (also: back, three-quarter-back); "
+        "default one three-quarter view",
+    )
+    parser.add_argument(
+        "--same-scale", action="store_true", help="draw all shapes at one scale (for size comparisons) instead of each filling its image"
+    )
+    parser.add_argument("--no-captions", action="store_true", help="no labels under the grid's and strips' tiles")
     parser.add_argument("--voxel-size", type=_positive_float, default=1.0, help="mesh units per voxel, in mm (default 1)")
     parser.add_argument("--keep-largest", action="store_true", help="meshes keep only their largest connected part")
     parser.add_argument("--image-size", type=_positive_int, default=256)
@@ -205,10 +259,19 @@ def generate_parser() -> argparse.ArgumentParser:
         "--interpolate",
         nargs=2,
         metavar=("A", "B"),
-        help="interpolate between two latents: integer seeds or .npy latent files",
+        help="interpolate between two latents, each seed:N (drawn with seed N), sample:N (row N of --latents, i.e. "
+        "sample_00N) or file.npy[:N]",
     )
     mode.add_argument(
-        "--arithmetic", nargs=3, metavar=("A", "B", "C"), help="shape arithmetic z_A - z_B + z_C (seeds or .npy latent files)"
+        "--arithmetic",
+        nargs=3,
+        metavar=("A", "B", "C"),
+        help="shape arithmetic z_A - z_B + z_C; latents as for --interpolate",
+    )
+    parser.add_argument(
+        "--latents",
+        metavar="PATH",
+        help="the latents.npy that sample:N reads (default: latents.npy in --output-dir, written by the sampling run)",
     )
     parser.add_argument("--steps", type=_positive_int, default=8, help="interpolation steps, ends included (default 8)")
     parser.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
@@ -232,11 +295,17 @@ def generate_main(argv=None) -> int:
         voxel_size=arguments.voxel_size,
         keep_largest_component=arguments.keep_largest,
         image_size=arguments.image_size,
+        views=arguments.views,
+        same_scale=arguments.same_scale,
+        captions=not arguments.no_captions,
     )
+    latents_path = arguments.latents or os.path.join(arguments.output_dir, generate.LATENTS_FILENAME)
     if arguments.interpolate:
-        written = generate.interpolate(model, *arguments.interpolate, steps=arguments.steps, slerp=arguments.slerp, **options)
+        written = generate.interpolate(
+            model, *arguments.interpolate, steps=arguments.steps, slerp=arguments.slerp, latents_path=latents_path, **options
+        )
     elif arguments.arithmetic:
-        written = generate.arithmetic(model, *arguments.arithmetic, **options)
+        written = generate.arithmetic(model, *arguments.arithmetic, latents_path=latents_path, **options)
     else:
         written = generate.sample(model, arguments.num, arguments.seed, grid=arguments.grid, **options)
     print(f"wrote {len(written)} files to {arguments.output_dir}")

@@ -21,19 +21,41 @@ CONFIG_FILENAME = "config.json"
 # `resolve_deconvolution`.
 DATA_FORMAT_CHOICES = ("auto", "channels_last", "channels_first")
 DECONVOLUTION_CHOICES = ("auto", "transposed", "subpixel")
+FIRST_CONVOLUTION_CHOICES = ("auto", "plain", "space_to_depth")  # `resolve_first_convolution`
 
-# The chapter's recipe (Packt, chapter 2) and the authors' (Wu et al. 2016, section 4). `better` keeps the chapter's
-# networks and changes only the training recipe; see README "Presets".
+# The recipes. `book` is the chapter's (Packt, chapter 2) and `paper` the authors' (Wu et al. 2016, section 4), each
+# exactly; `better` keeps the chapter's loop and changes only its optimizers and labels. `r1-ema`, the default, keeps
+# the chapter's networks and data but trains them with the non-saturating logistic loss in one D update, a lazy R1
+# penalty on D (Mescheder et al. 2018) and an exponential moving average of G (StyleGAN2's recipe); README "Presets"
+# has the measurements that chose it. Each preset names every recipe field.
+_CHAPTER_LOOP = dict(loss="chapter", r1_gamma=0.0, r1_interval=4, ema_decay=0.0, generator_beta_2=0.999,
+                     discriminator_beta_2=0.999, real_label=1.0, discriminator_accuracy_threshold=None)
 PRESETS = {
+    "r1-ema": dict(
+        batch_size=32,
+        loss="logistic",
+        generator_learning_rate=2e-4,
+        generator_beta_1=0.5,
+        generator_beta_2=0.99,
+        discriminator_learning_rate=2e-4,
+        discriminator_beta_1=0.5,
+        discriminator_beta_2=0.99,
+        discriminator_accuracy_threshold=None,
+        real_label=1.0,
+        r1_gamma=10.0,
+        r1_interval=4,
+        ema_decay=0.999,
+    ),
     "book": dict(
+        _CHAPTER_LOOP,
         batch_size=32,
         generator_learning_rate=0.0025,
         generator_beta_1=0.5,
         discriminator_learning_rate=1e-5,
         discriminator_beta_1=0.9,
-        discriminator_accuracy_threshold=None,
     ),
     "paper": dict(
+        _CHAPTER_LOOP,
         batch_size=100,
         generator_learning_rate=0.0025,
         generator_beta_1=0.5,
@@ -41,18 +63,21 @@ PRESETS = {
         discriminator_beta_1=0.5,
         discriminator_accuracy_threshold=0.8,
     ),
-    # Chosen by measurement (README "Results"): the chapter's networks and G optimizer, with D's learning rate
-    # raised tenfold to 1e-4, Adam β1 0.5 for D as in the paper, and one-sided label smoothing (real label 0.9).
+    # The chapter's networks and G optimizer, with D's learning rate raised tenfold to 1e-4, Adam β1 0.5 for D as in
+    # the paper, and one-sided label smoothing (real label 0.9).
     "better": dict(
+        _CHAPTER_LOOP,
         batch_size=32,
         generator_learning_rate=0.0025,
         generator_beta_1=0.5,
         discriminator_learning_rate=1e-4,
         discriminator_beta_1=0.5,
-        discriminator_accuracy_threshold=None,
         real_label=0.9,
     ),
 }
+DEFAULT_PRESET = "r1-ema"
+LOSS_CHOICES = ("chapter", "logistic")
+_DEFAULT = PRESETS[DEFAULT_PRESET]
 
 
 def _one_of(choices) -> str:
@@ -72,6 +97,10 @@ class Config:
         obj_ratio: fraction of each category's sorted file list to keep (the chapter's `obj_ratio`).
         max_samples: keep at most this many volumes after `obj_ratio` (smoke runs); `None` keeps all.
         cache_dir: where parsed data is cached; `None` means `~/.cache/threedgan`.
+        mesh_margin, mesh_aspect, mesh_up_axis: for a folder of meshes / `.binvox` files (`threedgan.mesh_data`):
+            empty voxels around each shape in the 30³ grid (3DShapeNets: 3), `"keep"` its proportions or
+            `"stretch"` each axis, and `"z"` or `"y"` as the shapes' up axis.
+        skip_bad: leave out shape files that cannot be voxelised (counted in a warning) instead of stopping.
 
     Networks:
         z_size: latent dimension (200 in the chapter and the paper).
@@ -83,14 +112,26 @@ class Config:
         deconvolution: how the generator's stride-2 transposed convolutions are computed: `"auto"` (by backend, see
             `threedgan.models.resolve_deconvolution`), `"transposed"` (Keras' `Conv3DTranspose`) or `"subpixel"`
             (the same layer and weights as a sub-pixel convolution). Also a speed setting only.
+        first_convolution: how the discriminator's first convolution is computed: `"auto"` (by backend, see
+            `threedgan.models.resolve_first_convolution`), `"plain"` (Keras' `Conv3D`) or `"space_to_depth"` (the
+            same layer and weights on the space-to-depth rearranged input). Also a speed setting only.
 
-    Recipe:
-        preset: the preset this config started from (`book`, `paper` or `better`), kept for the record.
+    Recipe (see `threedgan.training_step`):
+        preset: the preset this config started from (one of `PRESETS`), kept for the record.
         batch_size, epochs: as usual. Volumes are reshuffled every epoch.
-        generator_learning_rate, generator_beta_1, discriminator_learning_rate, discriminator_beta_1: Adam.
+        loss: `"logistic"`: the non-saturating logistic loss, one D update on real and generated volumes together;
+            `"chapter"`: the book's iteration, a D update on real volumes (label `real_label`), then one on generated
+            volumes (label 0), each with cross-entropy. G's loss is the non-saturating one in both.
+        generator_learning_rate, generator_beta_1, generator_beta_2, discriminator_learning_rate,
+            discriminator_beta_1, discriminator_beta_2: Adam.
         discriminator_accuracy_threshold: the paper's rule: D is updated only when its accuracy on the previous batch
             (real and generated) was at most this; `None` always updates D (the chapter).
-        real_label: D's target for real volumes; below 1 is one-sided label smoothing (Salimans et al. 2016).
+        real_label: D's target for real volumes in the chapter's loss; below 1 is one-sided label smoothing
+            (Salimans et al. 2016).
+        r1_gamma: weight γ of the R1 penalty γ/2·E‖∇D(x)‖² on real volumes (Mescheder et al. 2018); 0 turns it off.
+        r1_interval: the penalty is computed every this many iterations and scaled by it (lazy regularisation).
+        ema_decay: G's weights are averaged with this decay per iteration (a half-life of ln 0.5 / ln decay
+            iterations: 693 at 0.999); the average is the generator saved. 0 keeps no average.
         seed: seeds shuffling, latents and weight initialisation.
         mixed_precision: `"auto"` (bfloat16 on a GPU, float32 elsewhere), `"bfloat16"` or `"float32"`.
         max_steps: stop after this many iterations in all (`None`: run all epochs).
@@ -117,22 +158,33 @@ class Config:
     obj_ratio: float = 1.0
     max_samples: Optional[int] = None
     cache_dir: Optional[str] = None
+    mesh_margin: float = 3.0
+    mesh_aspect: str = "keep"
+    mesh_up_axis: str = "z"
+    skip_bad: bool = False
 
     z_size: int = 200
     z_stddev: float = 0.33
     cube_length: int = 64
     data_format: str = "auto"
     deconvolution: str = "auto"
+    first_convolution: str = "auto"
 
-    preset: str = "book"
-    batch_size: int = 32
+    preset: str = DEFAULT_PRESET
+    batch_size: int = _DEFAULT["batch_size"]
     epochs: int = 100
-    generator_learning_rate: float = 0.0025
-    generator_beta_1: float = 0.5
-    discriminator_learning_rate: float = 1e-5
-    discriminator_beta_1: float = 0.9
-    discriminator_accuracy_threshold: Optional[float] = None
-    real_label: float = 1.0
+    loss: str = _DEFAULT["loss"]
+    generator_learning_rate: float = _DEFAULT["generator_learning_rate"]
+    generator_beta_1: float = _DEFAULT["generator_beta_1"]
+    generator_beta_2: float = _DEFAULT["generator_beta_2"]
+    discriminator_learning_rate: float = _DEFAULT["discriminator_learning_rate"]
+    discriminator_beta_1: float = _DEFAULT["discriminator_beta_1"]
+    discriminator_beta_2: float = _DEFAULT["discriminator_beta_2"]
+    discriminator_accuracy_threshold: Optional[float] = _DEFAULT["discriminator_accuracy_threshold"]
+    real_label: float = _DEFAULT["real_label"]
+    r1_gamma: float = _DEFAULT["r1_gamma"]
+    r1_interval: int = _DEFAULT["r1_interval"]
+    ema_decay: float = _DEFAULT["ema_decay"]
     seed: int = 0
     mixed_precision: str = "auto"
     max_steps: Optional[int] = None
@@ -151,7 +203,7 @@ class Config:
         self.validate()
 
     @classmethod
-    def from_preset(cls, preset: str = "book", **overrides) -> "Config":
+    def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides) -> "Config":
         """Builds a config from a named preset, then applies overrides.
 
         Args:
@@ -185,18 +237,32 @@ class Config:
             ("rotations", self.rotations in ("all", "canonical"), "must be 'all' or 'canonical'"),
             ("obj_ratio", 0.0 < self.obj_ratio <= 1.0, "must be in (0, 1]"),
             ("max_samples", self.max_samples is None or self.max_samples >= 1, "must be at least 1"),
+            ("mesh_margin", isinstance(self.mesh_margin, (int, float)) and 0 <= self.mesh_margin < 14.5, "must be in [0, 14.5) voxels"),
+            ("mesh_aspect", self.mesh_aspect in ("keep", "stretch"), "must be 'keep' or 'stretch'"),
+            ("mesh_up_axis", self.mesh_up_axis in ("z", "y"), "must be 'z' or 'y'"),
             ("categories", bool(self.categories), "must name at least one category"),
             ("z_size", self.z_size >= 1, "must be at least 1"),
             ("z_stddev", self.z_stddev > 0, "must be positive"),
             ("cube_length", self.cube_length == 64, "must be 64 (the chapter's networks)"),
             ("data_format", self.data_format in DATA_FORMAT_CHOICES, "must be " + _one_of(DATA_FORMAT_CHOICES)),
             ("deconvolution", self.deconvolution in DECONVOLUTION_CHOICES, "must be " + _one_of(DECONVOLUTION_CHOICES)),
+            (
+                "first_convolution",
+                self.first_convolution in FIRST_CONVOLUTION_CHOICES,
+                "must be " + _one_of(FIRST_CONVOLUTION_CHOICES),
+            ),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
             ("generator_learning_rate", self.generator_learning_rate > 0, "must be positive"),
             ("discriminator_learning_rate", self.discriminator_learning_rate > 0, "must be positive"),
             ("generator_beta_1", 0 <= self.generator_beta_1 < 1, "must be in [0, 1)"),
             ("discriminator_beta_1", 0 <= self.discriminator_beta_1 < 1, "must be in [0, 1)"),
+            ("generator_beta_2", 0 <= self.generator_beta_2 < 1, "must be in [0, 1)"),
+            ("discriminator_beta_2", 0 <= self.discriminator_beta_2 < 1, "must be in [0, 1)"),
+            ("loss", self.loss in LOSS_CHOICES, "must be " + _one_of(LOSS_CHOICES)),
+            ("r1_gamma", self.r1_gamma >= 0, "must be 0 (off) or positive"),
+            ("r1_interval", self.r1_interval >= 1, "must be at least 1"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "must be in [0, 1) (0: no average)"),
             (
                 "discriminator_accuracy_threshold",
                 self.discriminator_accuracy_threshold is None or 0 < self.discriminator_accuracy_threshold <= 1,

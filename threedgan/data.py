@@ -239,7 +239,10 @@ def open_source(path: str) -> _Source:
     if os.path.isdir(path):
         root = _find_volumetric_root(path)
         if root is None:
-            raise DataError(f"no 3DShapeNets volumes (<category>/30/train/*.mat) found under {path}")
+            raise DataError(
+                f"no 3DShapeNets volumes (<category>/30/train/*.mat) found under {path}, "
+                "nor mesh or .binvox files (.obj .off .stl .ply .glb .binvox)"
+            )
         source = _FolderSource(root)
     else:
         try:
@@ -262,7 +265,13 @@ def open_source(path: str) -> _Source:
 
 def list_categories(data_dir: Optional[str] = None) -> List[str]:
     """The category names available at a data location."""
-    source = open_source(resolve_data_path(data_dir))
+    path = resolve_data_path(data_dir)
+    if os.path.isdir(path) and _find_volumetric_root(path) is None:
+        from threedgan import mesh_data
+
+        if mesh_data.holds_shapes(path):
+            return sorted({category for category, _ in mesh_data.list_shapes(path)})
+    source = open_source(path)
     try:
         return source.categories()
     finally:
@@ -348,8 +357,15 @@ def load_dataset(
     max_samples: Optional[int] = None,
     cache_dir: Optional[str] = None,
     use_cache: bool = True,
+    mesh_margin: float = 3.0,
+    mesh_aspect: str = "keep",
+    mesh_up_axis: str = "z",
+    skip_bad: bool = False,
 ) -> VoxelDataset:
     """Loads 3DShapeNets volumes, from the cache when the same selection of the same source was parsed before.
+
+    A folder of meshes / `.binvox` files (and no 3DShapeNets volumes) is voxelised by `threedgan.mesh_data`
+    instead, with the `mesh_*` options and `skip_bad`; `rotations` does not apply to it.
 
     Args:
         data_dir: a `volumetric_data` folder, a folder above it, or a zip archive; `None` see `resolve_data_path`.
@@ -360,6 +376,7 @@ def load_dataset(
         max_samples: keep at most this many, evenly spaced over the selection.
         cache_dir: where parsed selections are cached (default `~/.cache/threedgan`).
         use_cache: read and write the cache.
+        mesh_margin, mesh_aspect, mesh_up_axis, skip_bad: for mesh folders, see `threedgan.mesh_data`.
 
     Returns:
         A `VoxelDataset`.
@@ -370,6 +387,14 @@ def load_dataset(
     path = resolve_data_path(data_dir)
     if path.endswith(".npz") and os.path.isfile(path):
         return _load_packed_slice(path, categories, split, rotations, obj_ratio, max_samples)
+    if os.path.isdir(path) and _find_volumetric_root(path) is None:
+        from threedgan import mesh_data
+
+        if mesh_data.holds_shapes(path):
+            options = mesh_data.VoxeliseOptions(mesh_margin, mesh_aspect, mesh_up_axis)
+            return mesh_data.load_shape_dataset(
+                path, categories, split, obj_ratio, max_samples, cache_dir, use_cache, options, skip_bad
+            )
     cache_folder = cache_dir or default_cache_dir()
     selection = [list(categories), split, rotations, obj_ratio, max_samples]
     if use_cache and os.path.isfile(path):
@@ -426,7 +451,8 @@ def _load_packed_slice(path, categories, split, rotations, obj_ratio, max_sample
             rows, row_names = archive[f"{category}_{split}"], archive[f"{category}_{split}_names"]
             order = np.argsort(row_names)
             if rotations == "canonical":
-                order = [i for i in order if str(row_names[i]).endswith("_1.mat")]
+                # `_1.mat`, or `_1.off` etc. in slices made from meshes by scripts/voxelize.py
+                order = [i for i in order if os.path.splitext(str(row_names[i]))[0].endswith("_1")]
             order = order[: int(obj_ratio * len(order))]
             if len(order) == 0:
                 raise DataError(f"no volumes for category {category!r}, split {split!r}, rotations {rotations!r} in {path}")
@@ -483,6 +509,10 @@ def load_config_dataset(config, split: Optional[str] = None, rotations: Optional
         obj_ratio=config.obj_ratio,
         max_samples=config.max_samples,
         cache_dir=config.cache_dir,
+        mesh_margin=config.mesh_margin,
+        mesh_aspect=config.mesh_aspect,
+        mesh_up_axis=config.mesh_up_axis,
+        skip_bad=config.skip_bad,
     )
     arguments.update(overrides)
     return load_dataset(**arguments)

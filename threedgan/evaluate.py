@@ -10,7 +10,11 @@ Two measurements, both runnable on a CPU:
   split of ModelNet10 or ModelNet40. The paper reports 91.0 % (ModelNet10) and 83.3 % (ModelNet40) for a GAN trained
   on ShapeNet; `classification_accuracy(None, ...)` gives the randomly initialised discriminator's baseline.
 
-`scripts/evaluate.py` (`evaluate_main`) is the command line for both.
+With `evaluate_generator`'s options, also the paper's check against memorisation (each sample beside its nearest
+training shapes, `threedgan.nearest`), the data's ceiling (training shapes scored as samples) and a matplotlib figure
+of the metrics against it; `sample_warnings` flags comparisons that cannot show what they seem to.
+
+`scripts/evaluate.py` (`evaluate_main`) is the command line for all of it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -89,7 +94,7 @@ def generated_volumes(weights: str, count: int, seed: int = 0, batch_statistics:
     """
     from threedgan.generate import load_generator
     from threedgan.latent import sample_latents
-    from threedgan.train import generate_volumes
+    from threedgan.models import generate_volumes
 
     model = load_generator(weights, config_path)
     latents = sample_latents(count, model.config.z_size, model.config.z_stddev, seed=seed)
@@ -111,6 +116,12 @@ def evaluate_generator(
     max_references: Optional[int] = None,
     cache_dir: Optional[str] = None,
     config_path: Optional[str] = None,
+    nearest_sheet: Optional[str] = None,
+    nearest_rows: int = 8,
+    nearest_k: int = 3,
+    nearest_order: str = "index",
+    ceiling: bool = False,
+    figure: Optional[str] = None,
 ) -> dict:
     """Compares generated shapes with a category's reference shapes (MMD, COV, 1-NNA).
 
@@ -132,11 +143,25 @@ def evaluate_generator(
         max_references: use at most this many reference shapes, evenly spaced (Chamfer costs grow as the square).
         cache_dir: where parsed data is cached.
         config_path: the run's `config.json` when it is not beside the weights.
+        nearest_sheet: also find every sample's nearest training shapes by IoU (the paper's figure 3), compare
+            those IoUs with the test shapes' (`threedgan.nearest.memorisation_summary`) and draw the sheet to this
+            PNG.
+        nearest_rows: samples drawn on the sheet.
+        nearest_k: training shapes drawn beside each.
+        nearest_order: `"index"` draws the first samples (`sample:0`, `sample:1`, ...); `"closest"` those nearest
+            to a training shape, the likeliest copies.
+        ceiling: also score shapes of the other split (the training shapes, against test references) as if they
+            were samples, with the same counts: the best the metrics can show for this data.
+        figure: draw the metrics against that ceiling to this PNG (implies `ceiling`).
 
     Returns:
         A dict with the keys of `threedgan.metrics.evaluate_sets` (`mmd_iou`, `cov_iou`, `1nna_iou`, ... as
         fractions, `sample_count`, `reference_count`, occupancies, `mean_pairwise_iou_samples`) and `category`,
-        `split`, `rotations`, `sample_source` (the path read), `distances`, `points`, `seed`, `seconds`.
+        `split`, `rotations`, `sample_source` (the path read), `distances`, `points`, `seed`, `seconds`,
+        `warnings` (one line each: see `sample_warnings`) and `sample_provenance` (what a `samples.npz` records);
+        with `ceiling`, the same metrics prefixed `ceiling_`; with `nearest_sheet`, `nearest_train_iou_samples`
+        and `nearest_train_iou_test` (one IoU a shape), `nearest_train_names` (each sample's nearest training
+        file), the summary of `memorisation_summary`, `train_count` and `nearest_sheet`; with `figure`, `figure`.
 
     Raises:
         ConfigError: an unknown distance, an unreadable samples file, or samples on another grid than the
@@ -152,13 +177,20 @@ def evaluate_generator(
         raise ConfigError(f"unknown distance {unknown[0] if unknown else ''!r}; choose from {', '.join(DISTANCES)}")
     if not os.path.exists(weights_or_samples):
         raise ConfigError(f"file not found: {weights_or_samples}")
+    if nearest_order not in ("index", "closest"):
+        raise ConfigError(f"unknown nearest-neighbour order {nearest_order!r}; choose index or closest")
     references = reference_volumes(category, data_dir, split, rotations, max_references, cache_dir)
+    provenance = None
     if weights_or_samples.lower().endswith(".npz"):
-        from threedgan.generate import load_packed_samples
+        from threedgan.generate import load_packed_samples, read_provenance
 
         samples = load_packed_samples(weights_or_samples)
+        provenance = read_provenance(weights_or_samples)
+        trained_on = provenance.get("categories")
     else:
-        samples, _ = generated_volumes(weights_or_samples, len(references), seed, batch_statistics, config_path)
+        samples, config = generated_volumes(weights_or_samples, len(references), seed, batch_statistics, config_path)
+        trained_on = list(config.categories)
+    warnings = sample_warnings(category, trained_on, len(samples), len(references), provenance)
     try:
         results = evaluate_sets(samples, references, distances=distances, points=points, seed=seed, threshold=threshold)
     except ValueError as error:
@@ -172,8 +204,141 @@ def evaluate_generator(
         distances=list(distances),
         points=points,
         seed=seed,
-        seconds=round(time.perf_counter() - start, 2),
+        warnings=warnings,
+        sample_provenance=provenance or {},
     )
+    if nearest_sheet or ceiling or figure:
+        from threedgan.data import load_dataset
+
+        other_split = "train" if split == "test" else "test"
+        other = load_dataset(data_dir, [category], split=other_split, rotations=rotations, cache_dir=cache_dir)
+        if ceiling or figure:
+            results.update(training_ceiling(other, len(samples), references, distances, points, seed))
+        if nearest_sheet:
+            if split == "test":
+                train, test_references = other, references
+            else:  # the references are the training set; the held-out comparison needs the test split
+                train = load_dataset(data_dir, [category], split="train", rotations=rotations, cache_dir=cache_dir)
+                test_references = upsample_uint8(other.volumes32())
+            results.update(
+                nearest_training_shapes(
+                    samples, train, test_references, nearest_sheet, nearest_rows, nearest_k, nearest_order, threshold,
+                    title=f"{category}: samples of {os.path.basename(weights_or_samples)} (orange) and their "
+                    f"{nearest_k} nearest training shapes",
+                )
+            )
+        if figure:
+            results["figure"] = metrics_figure(results, figure)
+    results["seconds"] = round(time.perf_counter() - start, 2)
+    return results
+
+
+def sample_warnings(category, trained_on, sample_count, reference_count, provenance=None) -> list:
+    """One-line warnings about a comparison that cannot show what it seems to.
+
+    Args:
+        category: the reference category.
+        trained_on: the categories the generator was trained on (from `samples.npz` or `config.json`), or `None`
+            when unknown.
+        sample_count: generated shapes.
+        reference_count: reference shapes.
+        provenance: what `samples.npz` records, `{}` for a file that records nothing, `None` for samples drawn from
+            weights here.
+
+    Returns:
+        A list of strings, empty when all is well.
+    """
+    warnings = []
+    if provenance == {}:
+        warnings.append("the samples file records no provenance (written by an older version): category and count unchecked")
+    trained_on = [str(name) for name in trained_on or []]
+    if trained_on and "all" not in trained_on and category not in trained_on:
+        warnings.append(
+            f"the samples come from a generator trained on {', '.join(trained_on)}, but the references are "
+            f"{category}; pass --category {trained_on[0]}"
+        )
+    if sample_count < reference_count:
+        warnings.append(
+            f"{sample_count} samples against {reference_count} references: COV cannot exceed "
+            f"{100 * sample_count / reference_count:.0f} %; generate at least {reference_count} "
+            f"(scripts/generate.py --num {reference_count} --format npz)"
+        )
+    return warnings
+
+
+def training_ceiling(other_split, count, references, distances=DISTANCES, points=2048, seed=0) -> dict:
+    """The metrics of real shapes of the other split, scored as if they were samples: what a perfect generator gets.
+
+    Args:
+        other_split: a `VoxelDataset` of the split the references are not from (the training shapes for test
+            references).
+        count: shapes to take from it, evenly spaced (the sample count, so that COV's cap is the same).
+        references: uint8 (m, 64, 64, 64) reference volumes.
+        distances: any of `"iou"` and `"chamfer"`.
+        points: surface points per shape for Chamfer.
+        seed: surface sampling seed.
+
+    Returns:
+        dict: `evaluate_sets`' metrics prefixed `ceiling_` (`ceiling_mmd_iou`, ...) and `ceiling_count`.
+    """
+    from threedgan.metrics import evaluate_sets
+
+    count = min(int(count), len(other_split))
+    chosen = np.linspace(0, len(other_split) - 1, count).round().astype(int)
+    scores = evaluate_sets(
+        upsample_uint8(other_split.volumes32(chosen)), references, distances=distances, points=points, seed=seed
+    )
+    keys = [f"{metric}_{distance}" for distance in distances for metric in ("mmd", "cov", "1nna")]
+    ceiling = {f"ceiling_{key}": scores[key] for key in keys}
+    ceiling["ceiling_count"] = count
+    return ceiling
+
+
+def nearest_training_shapes(
+    samples, train, test_references, sheet_path, rows=8, k=3, order="index", threshold=0.5, title=None
+) -> dict:
+    """Each sample's nearest training shapes by IoU, the test shapes' for comparison, and the sheet that shows them.
+
+    Args:
+        samples: (n, 64, 64, 64) generated volumes.
+        train: the training split as a `VoxelDataset` (kept at 32³: IoUs are those of the 64³ zoom).
+        test_references: uint8 (t, 64, 64, 64) held-out shapes.
+        sheet_path: the PNG to draw (`threedgan.nearest.nearest_neighbour_sheet`).
+        rows: samples drawn.
+        k: training shapes beside each.
+        order: `"index"` (the first samples) or `"closest"` (the samples nearest to a training shape).
+        threshold: occupancy threshold of the samples.
+        title: the sheet's title.
+
+    Returns:
+        dict: `nearest_train_iou_samples`, `nearest_train_iou_test` (lists), `nearest_train_names`, the keys of
+        `memorisation_summary`, `train_count` and `nearest_sheet`.
+    """
+    from threedgan.nearest import iou_to_references, memorisation_summary, nearest_neighbour_sheet, nearest_neighbours
+
+    train32 = train.volumes32()
+    zoom = np.asarray(samples).shape[1] // train32.shape[1]
+    indices, ious = nearest_neighbours(samples, train32, k=k, threshold=threshold, reference_zoom=zoom)
+    test_nearest = iou_to_references(test_references, train32, reference_zoom=zoom).max(axis=1)
+    names = [os.path.splitext(str(name))[0] for name in train.names]
+    count = min(int(rows), len(samples))
+    if order == "closest":
+        shown = np.argsort(-ious[:, 0], kind="stable")[:count]
+    else:
+        shown = np.arange(count)
+    nearest_neighbour_sheet(
+        samples, train32, indices, ious, sheet_path, rows=shown,
+        sample_labels=[f"sample:{i}" for i in range(len(samples))], reference_labels=names,
+        test_nearest_iou=test_nearest, title=title, threshold=threshold,
+    )  # fmt: skip
+    results = {
+        "nearest_train_iou_samples": [round(float(value), 4) for value in ious[:, 0]],
+        "nearest_train_iou_test": [round(float(value), 4) for value in test_nearest],
+        "nearest_train_names": [names[index] for index in indices[:, 0]],
+        "train_count": len(train32),
+        "nearest_sheet": os.path.abspath(sheet_path),
+    }
+    results.update(memorisation_summary(ious[:, 0], test_nearest))
     return results
 
 
@@ -192,8 +357,22 @@ _LABELS = {
     "reference_occupancy": ("occupied voxels, references", ""),
     "accuracy": ("accuracy", "linear SVM on D's features"),
     "mean_class_accuracy": ("mean class accuracy", ""),
+    "nearest_train_iou_samples_median": ("IoU with nearest train shape, samples", "median"),
+    "nearest_train_iou_test_median": ("IoU with nearest train shape, test shapes", "median: what new shapes get"),
+    "samples_above_test_p95": ("samples above test shapes' 95th percentile", "about 5 %: not copying"),
+    "samples_copying": ("samples at IoU >= 0.99 with a train shape", "copies"),
+    "test_copying": ("test shapes at IoU >= 0.99 with a train shape", "the data's own duplicates"),
 }
-_PERCENT = ("cov_", "1nna_", "occupancy", "accuracy")
+# The same metrics for real shapes of the other split scored as samples (`training_ceiling`).
+_LABELS.update(
+    {
+        f"ceiling_{key}": (f"{_LABELS[key][0]}, ceiling", "train shapes as samples")
+        for key in ("mmd_iou", "cov_iou", "1nna_iou", "mmd_chamfer", "cov_chamfer", "1nna_chamfer")
+    }
+)
+_PERCENT = ("cov_", "1nna_", "occupancy", "accuracy", "_above_", "copying")
+# Printed apart (`warning: ...` lines) or one value a shape: in the JSON, not in the table.
+_NOT_IN_TABLE = ("warnings", "nearest_train_iou_samples", "nearest_train_iou_test", "nearest_train_names")
 
 
 def _format_value(key: str, value) -> str:
@@ -223,7 +402,7 @@ def format_table(results: dict) -> str:
     rows += [
         (key, _format_value(key, value), "")
         for key, value in results.items()
-        if key not in _LABELS and not isinstance(value, dict)
+        if key not in _LABELS and key not in _NOT_IN_TABLE and not isinstance(value, dict)
     ]
     if not rows:
         return "(no results)"
@@ -232,6 +411,67 @@ def format_table(results: dict) -> str:
     lines = [f"{name:<{name_width}}  {value:>{value_width}}  {hint}".rstrip() for name, value, hint in rows]
     rule = "-" * max(len(line) for line in lines)
     return "\n".join([rule] + lines + [rule])
+
+
+_FIGURE_METRICS = (("mmd", "MMD", "lower is better"), ("cov", "COV", "higher is better"), ("1nna", "1-NNA", "50 % is ideal"))
+
+
+def metrics_figure(results: dict, path: str) -> str:
+    """Draws the samples' MMD, COV and 1-NNA beside the data's ceiling (`training_ceiling`) as bar charts.
+
+    One row of three panels a distance in `results` (1 - IoU, Chamfer); each panel has a bar for the samples and one
+    for training shapes scored the same way, with the numbers written on the bars and 1-NNA's ideal 50 % marked.
+
+    Args:
+        results: from `evaluate_generator(..., ceiling=True)`.
+        path: the PNG to write (its folder is created).
+
+    Returns:
+        `path`.
+
+    Raises:
+        ConfigError: `results` holds no metric with its ceiling.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    distances = [d for d in DISTANCES if f"mmd_{d}" in results and f"ceiling_mmd_{d}" in results]
+    if not distances:
+        raise ConfigError("no metrics with a ceiling to draw: evaluate with ceiling=True (--ceiling)")
+    figure = Figure(figsize=(9, 2.6 * len(distances) + 0.5), layout="constrained")
+    FigureCanvasAgg(figure)  # a Figure of its own, no pyplot: nothing global, nothing shown
+    axes = figure.subplots(len(distances), len(_FIGURE_METRICS), squeeze=False)
+    colours = ("#d6843b", "#6b9fd6")
+    for row, distance in enumerate(distances):
+        name = "1 - IoU" if distance == "iou" else "Chamfer"
+        for column, (metric, label, hint) in enumerate(_FIGURE_METRICS):
+            axis = axes[row][column]
+            values = [results[f"{metric}_{distance}"], results[f"ceiling_{metric}_{distance}"]]
+            percent = metric != "mmd"
+            shown = [100 * value if percent else value for value in values]
+            bars = axis.bar(["samples", "train shapes\n(ceiling)"], shown, color=colours, width=0.6)
+            for bar, value in zip(bars, shown):
+                axis.annotate(
+                    f"{value:.1f} %" if percent else f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points",
+                )  # fmt: skip
+            if metric == "1nna":
+                axis.axhline(50, color="gray", linestyle="--", linewidth=1)
+            if percent:
+                axis.set_ylim(0, 110)
+            else:
+                axis.set_ylim(0, max(shown) * 1.2 or 1)
+            axis.set_title(f"{label} ({name}): {hint}", fontsize=9)
+            axis.tick_params(labelsize=8)
+    figure.suptitle(
+        f"{results.get('category', '')}: {results.get('sample_count')} samples against "
+        f"{results.get('reference_count')} {results.get('split', '')} shapes; ceiling: "
+        f"{results.get('ceiling_count')} shapes of the other split",
+        fontsize=10,
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
 
 
 # ------------------------------------------------------------------------------------ discriminator as descriptor
@@ -280,7 +520,7 @@ def discriminator_features(discriminator, volumes_dataset, batch_size: int = 32)
 def resolve_categories(categories, available: Sequence[str]):
     """Turns `"modelnet10"`, `"modelnet40"` or a list of names into the category list to classify.
 
-    `"modelnet40"` means every ModelNet40 category present in the data (the shared 3DShapeNets archive holds 35 of
+    `"modelnet40"` means every ModelNet40 category present in the data (the 3DShapeNets archive holds 35 of
     the 40: car, guitar, lamp, piano and vase are missing).
 
     Returns:
@@ -490,6 +730,25 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-references", type=_positive_int, help="use at most N reference shapes, evenly spaced")
     parser.add_argument("--cache-dir", help="where parsed data is cached (default ~/.cache/threedgan)")
     parser.add_argument("--json", dest="json_path", metavar="OUT.json", help="also write the results as JSON")
+    nearest = parser.add_argument_group("memorisation and figures")
+    nearest.add_argument(
+        "--nearest-sheet",
+        metavar="OUT.png",
+        help="each sample beside its nearest training shapes by IoU (the paper's figure 3), with the distribution of "
+        "samples' and test shapes' IoU with their nearest training shape; the numbers go in the table and JSON",
+    )
+    nearest.add_argument("--nearest-rows", type=_positive_int, default=8, help="samples on the sheet (default 8)")
+    nearest.add_argument("--nearest-k", type=_positive_int, default=3, help="training shapes beside each (default 3)")
+    nearest.add_argument(
+        "--nearest-order",
+        choices=["index", "closest"],
+        default="index",
+        help="index: the first samples; closest: the samples nearest to a training shape (default index)",
+    )
+    nearest.add_argument(
+        "--ceiling", action="store_true", help="also score training shapes as samples: the best this data can show"
+    )
+    nearest.add_argument("--figure", metavar="OUT.png", help="draw the metrics against that ceiling (implies --ceiling)")
     parser.add_argument("--logdir", help="also write the numbers as TensorBoard scalars under eval/")
     classify = parser.add_argument_group("classification (--classify)")
     classify.add_argument("--classify", choices=["modelnet10", "modelnet40"], help="SVM on the discriminator's features")
@@ -581,9 +840,20 @@ def evaluate_main(argv=None) -> int:
             max_references=arguments.max_references,
             cache_dir=arguments.cache_dir,
             config_path=arguments.config_file,
+            nearest_sheet=arguments.nearest_sheet,
+            nearest_rows=arguments.nearest_rows,
+            nearest_k=arguments.nearest_k,
+            nearest_order=arguments.nearest_order,
+            ceiling=arguments.ceiling,
+            figure=arguments.figure,
         )
+        for warning in results["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
     print(format_table(results))
     _write_outputs(results, arguments.json_path, arguments.logdir)
+    for key in ("nearest_sheet", "figure"):
+        if results.get(key):
+            print(f"wrote {results[key]}")
     if arguments.json_path:
         print(f"wrote {arguments.json_path}")
     return 0

@@ -1,15 +1,19 @@
 """Outputs from a trained generator: samples, latent interpolation and shape arithmetic, as volumes, renders, meshes.
 
 Every command saves the latent vectors it used (`latents.npy`), so any shape can be made again, and draws latents
-from the prior in the run's `config.json`, the one the generator was trained with.
+from the prior in the run's `config.json`, the one the generator was trained with. Latents are named one way each
+(`latent_from`): `seed:3` is the latent drawn with seed 3, `sample:3` is row 3 of a `latents.npy` (the latent of
+`sample_003`), `file.npy:3` row 3 of that file; a bare `3` is refused as ambiguous.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -32,6 +36,7 @@ class LoadedGenerator:
     config: Config
     generator: object
     batch_statistics: bool = True
+    weights_path: Optional[str] = None
 
 
 def parse_formats(text: str) -> List[str]:
@@ -58,7 +63,7 @@ def load_generator(weights_path: str, config_path: str = None) -> LoadedGenerato
         ConfigError: no `config.json` beside the weights and none given.
     """
     from threedgan.models import build_generator
-    from threedgan.train import configure_precision
+    from threedgan.models import configure_precision
     from threedgan.weights import load_weights_h5
 
     if not os.path.exists(weights_path):
@@ -71,34 +76,77 @@ def load_generator(weights_path: str, config_path: str = None) -> LoadedGenerato
     configure_precision(config.replace(mixed_precision="float32"))
     generator = build_generator(config)
     load_weights_h5(generator, weights_path)
-    return LoadedGenerator(config, generator)
+    return LoadedGenerator(config, generator, weights_path=weights_path)
 
 
-def latent_from(spec: str, config: Config) -> np.ndarray:
-    """A latent vector from an integer seed (drawn from the run's prior) or a `.npy` file (`file.npy` or `file.npy:K`).
+def latent_from(spec: str, config: Config, latents_path: Optional[str] = None) -> np.ndarray:
+    """One latent vector from a reference that has one meaning only.
+
+    Args:
+        spec: `seed:N` (the latent `sample_latents(1, z_size, z_stddev, seed=N)` draws from the run's prior, i.e.
+            `sample_000` of `--num 1 --seed N`); `sample:N` (row N of `latents_path`: the latent of `sample_00N` of
+            the run that wrote that file); `file.npy` or `file.npy:N` (row N, default 0, of that file).
+        config: the run's `Config` (`z_size`, `z_stddev`).
+        latents_path: the `latents.npy` that `sample:N` reads.
+
+    Returns:
+        float32 array (z_size,).
 
     Raises:
-        ConfigError: neither an integer nor a readable `.npy` file of a (z_size,) or (n, z_size) array.
+        ConfigError: a bare integer (ambiguous between a seed and a sample), an unknown form, an unreadable file,
+            vectors of the wrong length, or a row the file does not hold.
     """
     from threedgan.latent import sample_latents
 
-    try:
-        return sample_latents(1, config.z_size, config.z_stddev, seed=int(spec))[0]
-    except ValueError:
-        pass
+    spec = str(spec).strip()
+    kind, colon, value = spec.partition(":")
+    if spec.lstrip("+-").isdigit():
+        where = latents_path or LATENTS_FILENAME
+        raise ConfigError(
+            f"latent {spec!r} is ambiguous: write seed:{spec} for the latent drawn with seed {spec}, or sample:{spec} "
+            f"for row {spec} (sample_{int(spec):03d}) of {where}"
+        )
+    if colon and kind in ("seed", "sample"):
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"latent {spec!r}: {kind}: takes an integer, e.g. {kind}:3") from None
+        if kind == "seed":
+            return sample_latents(1, config.z_size, config.z_stddev, seed=number)[0]
+        if not latents_path:
+            raise ConfigError(f"latent {spec!r} needs the latents.npy it indexes: pass --latents PATH")
+        if not os.path.exists(latents_path):
+            raise ConfigError(
+                f"latent {spec!r}: {latents_path} not found; pass --latents PATH (the latents.npy beside the samples)"
+            )
+        return _latent_row(latents_path, number, config, spec)
     path, _, row = spec.partition(".npy:")
     path = path + ".npy" if row else spec
+    if not path.endswith(".npy"):
+        raise ConfigError(f"latent {spec!r}: write seed:N, sample:N, file.npy or file.npy:N")
+    try:
+        number = int(row) if row else 0
+    except ValueError:
+        raise ConfigError(f"latent {spec!r}: the row after .npy: must be an integer") from None
+    return _latent_row(path, number, config, spec)
+
+
+def _latent_row(path: str, index: int, config: Config, spec: str) -> np.ndarray:
     try:
         latents = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"latent {spec!r} is neither an integer seed nor a readable .npy file ({error})") from None
+        raise ConfigError(f"latent {spec!r}: cannot read {path} ({error})".splitlines()[0]) from None
     latents = latents.reshape(-1, latents.shape[-1]) if latents.ndim else latents
     if latents.ndim != 2 or latents.shape[1] != config.z_size:
         raise ConfigError(f"{path}: expected latent vectors of length {config.z_size}, got shape {latents.shape}")
-    index = int(row) if row else 0
     if not 0 <= index < len(latents):
-        raise ConfigError(f"{path}: no latent vector {index} (the file holds {len(latents)})")
+        raise ConfigError(f"{path}: no latent vector {index} (the file holds {len(latents)}: 0 to {len(latents) - 1})")
     return latents[index].astype(np.float32)
+
+
+def _short(spec: str) -> str:
+    """A latent reference as a caption: file paths lose their folders."""
+    return os.path.basename(spec) if ".npy" in spec else spec
 
 
 def write_outputs(
@@ -110,15 +158,39 @@ def write_outputs(
     voxel_size: float = 1.0,
     keep_largest_component: bool = False,
     image_size: int = 256,
+    views: Optional[Sequence[str]] = None,
+    same_scale: bool = False,
+    provenance: Optional[dict] = None,
 ) -> List[str]:
     """Writes each volume in each format as `<output_dir>/<name>.<format>` and returns the paths written.
 
     A volume with nothing above `threshold` gets no mesh (a warning says so) rather than stopping the others.
+
+    Args:
+        volumes: (n, D, H, W) or (n, D, H, W, 1) occupancy probabilities.
+        names: one file stem a volume.
+        output_dir: where files go (created).
+        formats: names from `FORMATS`; `npz` writes all volumes into one `samples.npz`.
+        threshold: occupancy threshold of files, renders and meshes.
+        voxel_size: mesh units a voxel.
+        keep_largest_component: meshes keep only their largest connected part.
+        image_size: side of a PNG (of each view with `views`).
+        views: `None` for one three-quarter view a PNG, or names from `threedgan.render.VIEWS`, side by side.
+        same_scale: draw every PNG at the scale of the largest shape instead of framing each to its own.
+        provenance: what made the volumes (see `save_packed_samples`), stored in `samples.npz`.
+
+    Returns:
+        The paths written.
     """
     os.makedirs(output_dir, exist_ok=True)
     written = []
     if PACKED_FORMAT in formats:
-        written.append(save_packed_samples(volumes, os.path.join(output_dir, PACKED_FILENAME), threshold))
+        written.append(save_packed_samples(volumes, os.path.join(output_dir, PACKED_FILENAME), threshold, provenance))
+    render_options = {"views": views}
+    if same_scale and any(fmt in IMAGE_FORMATS for fmt in formats):
+        from threedgan.render import framing_extent
+
+        render_options["extent"] = framing_extent(volumes, threshold, views)
     for volume, name in zip(volumes, names):
         base = os.path.join(output_dir, name)
         for fmt in (f for f in formats if f != PACKED_FORMAT):
@@ -129,9 +201,7 @@ def write_outputs(
 
                 save_volume(volume, path, threshold=threshold)
             elif fmt in IMAGE_FORMATS:
-                from threedgan.render import render_volume, save_png
-
-                save_png(render_volume(volume, threshold=threshold, image_size=image_size), path)
+                _save_render(volume, path, threshold, image_size, **render_options)
             else:
                 from threedgan.mesh import export_mesh, volume_to_mesh
 
@@ -145,11 +215,77 @@ def write_outputs(
     return written
 
 
-def save_packed_samples(volumes: np.ndarray, path: str, threshold: float = 0.5) -> str:
-    """Saves (n, D, H, W) volumes thresholded and bit-packed in one `.npz` (`packed` (n, D·H·W/8), `shape`)."""
+def _save_render(volume, path, threshold, image_size, views=None, extent=None):
+    from threedgan.render import render_views, render_volume, save_png
+
+    if views:
+        image = render_views(volume, views, threshold=threshold, image_size=image_size, labels=len(views) > 1, extent=extent)
+    else:
+        image = render_volume(volume, threshold=threshold, image_size=image_size, extent=extent)
+    save_png(image, path)
+
+
+def save_packed_samples(volumes: np.ndarray, path: str, threshold: float = 0.5, provenance: Optional[dict] = None) -> str:
+    """Saves (n, D, H, W) volumes thresholded and bit-packed in one `.npz`, with what made them.
+
+    Args:
+        volumes: (n, D, H, W) or (n, D, H, W, 1) occupancy probabilities or 0/1 values.
+        path: the `.npz` to write.
+        threshold: a voxel is stored as occupied when its value is strictly greater.
+        provenance: JSON-ready facts about the samples (`generation_provenance` gives the category, weights file,
+            seed, ...); `count`, `threshold` and `shape` are always added. Read back with `read_provenance`.
+
+    Returns:
+        `path`. The file holds `packed` (n, D·H·W/8) uint8, `shape` and `provenance` (a JSON string).
+    """
     occupied = np.asarray(volumes) > threshold
-    np.savez_compressed(path, packed=np.packbits(occupied.reshape(len(occupied), -1), axis=1), shape=np.array(occupied.shape))
+    if occupied.ndim == 5 and occupied.shape[-1] == 1:
+        occupied = occupied[..., 0]
+    facts = dict(provenance or {})
+    facts.update(count=int(len(occupied)), threshold=float(threshold), shape=[int(n) for n in occupied.shape[1:]])
+    np.savez_compressed(
+        path,
+        packed=np.packbits(occupied.reshape(len(occupied), -1), axis=1),
+        shape=np.array(occupied.shape),
+        provenance=np.array(json.dumps(facts, sort_keys=True)),
+    )
     return path
+
+
+def read_provenance(path: str) -> dict:
+    """What made a `samples.npz` (see `save_packed_samples`); `{}` for files written before it was recorded.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, or its provenance is not JSON.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as contents:
+            if "provenance" not in contents.files:
+                return {}
+            text = str(contents["provenance"])
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read packed samples {path}: {error}".splitlines()[0]) from None
+    try:
+        facts = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{path}: its provenance is not JSON") from None
+    return facts if isinstance(facts, dict) else {}
+
+
+def generation_provenance(model: LoadedGenerator, mode: str, **facts) -> dict:
+    """The provenance `samples.npz` records for shapes drawn from `model` (categories, weights, prior, BatchNorm)."""
+    config = model.config
+    record = dict(
+        categories=list(config.categories),
+        weights=os.path.abspath(model.weights_path) if model.weights_path else None,
+        mode=mode,
+        z_size=config.z_size,
+        z_stddev=config.z_stddev,
+        batchnorm="batch" if model.batch_statistics else "moving",
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    record.update(facts)
+    return record
 
 
 def load_packed_samples(path: str) -> np.ndarray:
@@ -167,7 +303,7 @@ def load_packed_samples(path: str) -> np.ndarray:
 
 
 def _generate(model: LoadedGenerator, latents: np.ndarray) -> np.ndarray:
-    from threedgan.train import generate_volumes
+    from threedgan.models import generate_volumes
 
     return generate_volumes(model.generator, latents, model.config.batch_size, model.batch_statistics)
 
@@ -179,58 +315,161 @@ def _save_latents(latents: np.ndarray, output_dir: str, filename: str = LATENTS_
     return path
 
 
-def sample(model: LoadedGenerator, num: int, seed: int, output_dir: str, formats, grid: bool = False, **options) -> List[str]:
+def sample(
+    model: LoadedGenerator,
+    num: int,
+    seed: int,
+    output_dir: str,
+    formats,
+    grid: bool = False,
+    captions: bool = True,
+    **options,
+) -> List[str]:
     """Generates `num` shapes from the prior with `seed`; writes `sample_NNN.<fmt>`, `latents.npy` and `grid.png`.
+
+    Args:
+        model: from `load_generator`.
+        num: how many shapes.
+        seed: latent seed: `sample_latents(num, z_size, z_stddev, seed)`.
+        output_dir: where files go.
+        formats: see `write_outputs`.
+        grid: also write `grid.png` with every sample.
+        captions: label the grid's tiles `sample:N` (the reference `--interpolate` takes) and occupancy.
+        **options: `write_outputs`' keyword arguments (`threshold`, `image_size`, `views`, `same_scale`, ...).
 
     Returns:
         The paths written.
     """
     from threedgan.latent import sample_latents
-    from threedgan.render import render_grid, save_png
 
     latents = sample_latents(num, model.config.z_size, model.config.z_stddev, seed=seed)
     volumes = _generate(model, latents)
     written = [_save_latents(latents, output_dir)]
-    written += write_outputs(volumes, [f"sample_{i:03d}" for i in range(num)], output_dir, formats, **options)
+    provenance = generation_provenance(model, "sample", seed=seed)
+    written += write_outputs(
+        volumes, [f"sample_{i:03d}" for i in range(num)], output_dir, formats, provenance=provenance, **options
+    )
     if grid:
+        threshold = options.get("threshold", 0.5)
+        labels = None
+        if captions:
+            occupancy = (np.asarray(volumes) > threshold).reshape(len(volumes), -1).mean(axis=1)
+            labels = [f"sample:{i}  {100 * fraction:.1f} %" for i, fraction in enumerate(occupancy)]
         path = os.path.join(output_dir, "grid.png")
-        save_png(render_grid(volumes, threshold=options.get("threshold", 0.5), image_size=options.get("image_size", 256) // 2), path)
+        _save_strip_or_grid(volumes, path, labels, options, columns=None)
         written.append(path)
     return written
 
 
-def interpolate(model: LoadedGenerator, start: str, end: str, steps: int, output_dir: str, formats, slerp=False, **options):
-    """Walks the latent space from `start` to `end` (seeds or `.npy` files) in `steps` shapes.
+def _save_strip_or_grid(volumes, path, captions, options, columns):
+    from threedgan.render import render_grid, save_png
 
-    Writes `interpolation_KK.<fmt>` per step, `interpolation_strip.png` and `interpolation_latents.npy`.
+    image = render_grid(
+        volumes,
+        columns=columns,
+        threshold=options.get("threshold", 0.5),
+        image_size=options.get("image_size", 256) // 2,
+        captions=captions,
+        same_scale=options.get("same_scale", False),
+        views=options.get("views"),
+    )
+    save_png(image, path)
+
+
+def interpolate(
+    model: LoadedGenerator,
+    start: str,
+    end: str,
+    steps: int,
+    output_dir: str,
+    formats,
+    slerp=False,
+    latents_path: Optional[str] = None,
+    captions: bool = True,
+    **options,
+):
+    """Walks the latent space from `start` to `end` in `steps` shapes.
+
+    Args:
+        model: from `load_generator`.
+        start, end: latent references (`seed:N`, `sample:N`, `file.npy[:N]`; see `latent_from`).
+        steps: shapes in the walk, ends included (at least 2).
+        output_dir: where files go.
+        formats: see `write_outputs`.
+        slerp: spherical instead of linear interpolation.
+        latents_path: the `latents.npy` that `sample:N` references read.
+        captions: label the strip's tiles with the two references and each step's fraction t.
+        **options: `write_outputs`' keyword arguments.
+
+    Returns:
+        The paths written: `interpolation_KK.<fmt>` per step, `interpolation_latents.npy`, `interpolation_strip.png`.
+
+    Raises:
+        ConfigError: fewer than 2 steps or a bad latent reference.
     """
     from threedgan.latent import interpolate_latents
-    from threedgan.render import render_strip, save_png
 
     if steps < 2:
         raise ConfigError(f"--steps must be at least 2 for an interpolation, got {steps}")
     latents = interpolate_latents(
-        latent_from(start, model.config), latent_from(end, model.config), steps, method="slerp" if slerp else "linear"
+        latent_from(start, model.config, latents_path),
+        latent_from(end, model.config, latents_path),
+        steps,
+        method="slerp" if slerp else "linear",
     )
     volumes = _generate(model, latents)
     written = [_save_latents(latents, output_dir, "interpolation_latents.npy")]
-    written += write_outputs(volumes, [f"interpolation_{k:02d}" for k in range(steps)], output_dir, formats, **options)
+    provenance = generation_provenance(model, "interpolate", start=start, end=end, slerp=bool(slerp))
+    names = [f"interpolation_{k:02d}" for k in range(steps)]
+    written += write_outputs(volumes, names, output_dir, formats, provenance=provenance, **options)
+    labels = None
+    if captions:
+        labels = [f"t = {k / (steps - 1):.2f}" for k in range(steps)]
+        labels[0], labels[-1] = _short(start), _short(end)
     path = os.path.join(output_dir, "interpolation_strip.png")
-    save_png(render_strip(volumes, threshold=options.get("threshold", 0.5), image_size=options.get("image_size", 256) // 2), path)
+    _save_strip_or_grid(volumes, path, labels, options, columns=steps)
     return written + [path]
 
 
-def arithmetic(model: LoadedGenerator, a: str, b: str, c: str, output_dir: str, formats, **options):
-    """Shape arithmetic as in the paper: z_a − z_b + z_c. Writes the three operands and the result, and a strip."""
-    from threedgan.latent import latent_arithmetic
-    from threedgan.render import render_strip, save_png
+def arithmetic(
+    model: LoadedGenerator,
+    a: str,
+    b: str,
+    c: str,
+    output_dir: str,
+    formats,
+    latents_path: Optional[str] = None,
+    captions: bool = True,
+    **options,
+):
+    """Shape arithmetic as in the paper: z_a - z_b + z_c. Writes the three operands and the result, and a strip.
 
-    z_a, z_b, z_c = (latent_from(spec, model.config) for spec in (a, b, c))
+    Args:
+        model: from `load_generator`.
+        a, b, c: latent references (`seed:N`, `sample:N`, `file.npy[:N]`; see `latent_from`).
+        output_dir: where files go.
+        formats: see `write_outputs`.
+        latents_path: the `latents.npy` that `sample:N` references read.
+        captions: label the strip `a: ...`, `- b: ...`, `+ c: ...`, `= a - b + c`.
+        **options: `write_outputs`' keyword arguments.
+
+    Returns:
+        The paths written: `arithmetic_{a,b,c,result}.<fmt>`, `arithmetic_latents.npy` (the four latents, in that
+        order) and `arithmetic_strip.png`.
+
+    Raises:
+        ConfigError: a bad latent reference.
+    """
+    from threedgan.latent import latent_arithmetic
+
+    z_a, z_b, z_c = (latent_from(spec, model.config, latents_path) for spec in (a, b, c))
     latents = np.stack([z_a, z_b, z_c, latent_arithmetic(z_a, z_b, z_c)])
     volumes = _generate(model, latents)
     names = ["arithmetic_a", "arithmetic_b", "arithmetic_c", "arithmetic_result"]
     written = [_save_latents(latents, output_dir, "arithmetic_latents.npy")]
-    written += write_outputs(volumes, names, output_dir, formats, **options)
+    provenance = generation_provenance(model, "arithmetic", a=a, b=b, c=c)
+    written += write_outputs(volumes, names, output_dir, formats, provenance=provenance, **options)
+    labels = [f"a: {_short(a)}", f"- b: {_short(b)}", f"+ c: {_short(c)}", "= a - b + c"] if captions else None
     path = os.path.join(output_dir, "arithmetic_strip.png")
-    save_png(render_strip(volumes, threshold=options.get("threshold", 0.5), image_size=options.get("image_size", 256) // 2), path)
+    _save_strip_or_grid(volumes, path, labels, options, columns=4)
     return written + [path]

@@ -1,7 +1,9 @@
 """Fast NumPy renders of voxel volumes, for previews and TensorBoard images.
 
-Occupied voxels are drawn as small cubes seen from a fixed three-quarter
-view with an orthographic camera. Only the cube faces that point towards
+Occupied voxels are drawn as small cubes seen through an orthographic
+camera, by default from the front left and above (a three-quarter view;
+`VIEWS` names others), framed to the occupied voxels so that small or thin
+shapes fill their image as large ones do. Only the cube faces that point towards
 the camera and border an empty voxel are drawn; each one is sampled densely
 enough (in pixels) that it leaves no holes, the samples go through a
 z-buffer, and the surviving pixels get Lambert shading from their face
@@ -14,14 +16,28 @@ up, and voxel ``(i, j, k)`` fills the unit cube ``[i, i+1] x [j, j+1] x
 [k, k+1]``.
 """
 
+import functools
 import io
 import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageColor
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from threedgan.volume_io import as_3d_volume
+
+
+# Named camera directions for `render_views` and `--views`: (elevation, azimuth) in degrees. A 3DShapeNets object in
+# its canonical rotation faces -x (a chair's back sits at high x), so "front" looks along +x and "side" along +y.
+VIEWS = {
+    "three-quarter": (30.0, -135.0),
+    "front": (0.0, 180.0),
+    "side": (0.0, -90.0),
+    "top": (90.0, 180.0),
+    "back": (0.0, 0.0),
+    "three-quarter-back": (30.0, 45.0),
+}
+DEFAULT_VIEWS = ("front", "side", "top", "three-quarter")
 
 
 def render_volume(
@@ -35,13 +51,15 @@ def render_volume(
     outline=True,
     supersample=2,
     margin=0.05,
-    fit_to_object=False,
+    fit_to_object=True,
+    extent=None,
 ):
-    """Renders a voxel volume as a shaded three-quarter view.
+    """Renders a voxel volume as a shaded view, by default a three-quarter view from the front left.
 
-    The whole grid (not just the occupied part) is fitted into the image,
-    so renders of volumes of one size share a scale and framing, which keeps
-    grids and latent interpolation strips comparable.
+    By default the camera frames the occupied voxels: the shape's silhouette, whatever its size in the grid, spans
+    the image up to `margin`, so a thin airplane or a small stool reads as well as a sofa. Pass `extent` (one value
+    for a whole set, e.g. from `framing_extent`) to draw several shapes at one scale, or `fit_to_object=False` to
+    frame the whole grid as a fixed camera would.
 
     Args:
         volume: Array of shape `(D, H, W)` or `(D, H, W, 1)` holding
@@ -62,45 +80,38 @@ def render_volume(
         supersample: Render at this many times the resolution and
             box-filter down, for anti-aliased edges. 1 is fastest.
         margin: Fraction of the image left empty on every side.
-        fit_to_object: Frame the occupied voxels' bounding box instead of
-            the whole grid: bigger shapes, but the scale then changes from
-            volume to volume.
+        fit_to_object: Centre and scale the view on the occupied voxels
+            (default). `False` frames the whole grid instead, so renders of
+            one grid size share position and scale, as with a fixed camera.
+        extent: On-screen size, in voxel edge lengths, that spans the image
+            inside the margin; `None` uses this volume's own (its
+            silhouette's larger side with `fit_to_object`, else the grid's).
+            The view stays centred on the shape.
 
     Returns:
         A `uint8` array of shape `(image_size, image_size, 3)`. An empty
         volume gives a plain background image.
 
     Raises:
-        ValueError: If `volume` is not 3-D (or 4-D with one channel), or
-            if `image_size` or `supersample` is not a positive integer.
+        ValueError: If `volume` is not 3-D (or 4-D with one channel), if
+            `image_size` or `supersample` is not a positive integer, or if
+            `extent` is not positive.
     """
     occupied = _occupancy(volume, threshold)
     image_size = _positive_int(image_size, "image_size")
     supersample = _positive_int(supersample, "supersample")
+    if extent is not None and not extent > 0:
+        raise ValueError(f"`extent` must be positive, got {extent!r}.")
     base_rgb = np.asarray(_parse_color(color), dtype=np.float32)
     background_rgb = np.asarray(_parse_color(background), dtype=np.float32)
 
     canvas_size = image_size * supersample
     view_direction, right, up = _camera_axes(elevation, azimuth)
 
-    # Orthographic scale that fits the projected bounding box of the whole
-    # grid by default, so framing does not jump as the shape changes.
-    if fit_to_object and occupied.any():
-        occupied_indices = np.argwhere(occupied)
-        box_low, box_high = occupied_indices.min(axis=0), occupied_indices.max(axis=0) + 1
-    else:
-        box_low, box_high = np.zeros(3, dtype=np.int64), np.array(occupied.shape)
-    corners = np.array(
-        [[x, y, z] for x in (box_low[0], box_high[0])
-         for y in (box_low[1], box_high[1]) for z in (box_low[2], box_high[2])],
-        dtype=np.float64,
-    )
-    corner_x = corners @ right
-    corner_y = corners @ up
-    extent = max(np.ptp(corner_x), np.ptp(corner_y), 1e-9)
-    pixels_per_unit = canvas_size * (1.0 - 2.0 * margin) / extent
-    offset_x = canvas_size / 2.0 - pixels_per_unit * (corner_x.max() + corner_x.min()) / 2.0
-    offset_y = canvas_size / 2.0 + pixels_per_unit * (corner_y.max() + corner_y.min()) / 2.0
+    centre_x, centre_y, own_extent = _frame(occupied, right, up, fit_to_object)
+    pixels_per_unit = canvas_size * (1.0 - 2.0 * margin) / (extent or own_extent)
+    offset_x = canvas_size / 2.0 - pixels_per_unit * centre_x
+    offset_y = canvas_size / 2.0 + pixels_per_unit * centre_y
 
     depth_buffer = np.full(canvas_size * canvas_size, np.inf)
     normal_buffer = np.full(canvas_size * canvas_size, -1, dtype=np.int8)
@@ -179,7 +190,82 @@ def render_volume(
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
 
-def render_grid(volumes, columns=None, threshold=0.5, image_size=256, **render_kwargs):
+def framing_extent(volumes, threshold=0.5, views=None, elevation=30.0, azimuth=-135.0):
+    """The on-screen size that fits the largest of several shapes: pass it as `extent` to draw them at one scale.
+
+    Args:
+        volumes: A sequence of volumes, or an array of shape `(N, D, H, W)`
+            or `(N, D, H, W, 1)`.
+        threshold: Occupancy threshold, as for `render_volume`.
+        views: View names (keys of `VIEWS`) the shapes will be drawn in;
+            `None` means the single view given by `elevation` and `azimuth`.
+        elevation: Camera elevation in degrees, when `views` is `None`.
+        azimuth: Camera azimuth in degrees, when `views` is `None`.
+
+    Returns:
+        A positive float: the largest silhouette side over all volumes and
+        views, in voxel edge lengths (1.0 when every volume is empty).
+
+    Raises:
+        ValueError: If a volume has the wrong shape or a view is unknown.
+    """
+    angles = [VIEWS[name] for name in _check_views(views)] if views else [(elevation, azimuth)]
+    largest = 0.0
+    for volume in volumes:
+        occupied = _occupancy(volume, threshold)
+        if not occupied.any():
+            continue
+        for view_elevation, view_azimuth in angles:
+            _, right, up = _camera_axes(view_elevation, view_azimuth)
+            largest = max(largest, _frame(occupied, right, up, True)[2])
+    return largest or 1.0
+
+
+def render_views(volume, views=DEFAULT_VIEWS, threshold=0.5, image_size=256, labels=False, **render_kwargs):
+    """Renders one volume from several named directions, side by side.
+
+    Every view is framed to the shape on its own unless `extent` is given,
+    which keeps one scale across the views (and across volumes).
+
+    Args:
+        volume: Array of shape `(D, H, W)` or `(D, H, W, 1)`.
+        views: Names from `VIEWS`: `"front"`, `"side"`, `"top"`,
+            `"three-quarter"`, `"back"`, `"three-quarter-back"`.
+        threshold: Occupancy threshold passed to `render_volume`.
+        image_size: Side of each view's tile, in pixels.
+        labels: Write each view's name under its tile.
+        **render_kwargs: Further keyword arguments for `render_volume`
+            (`color`, `extent`, `fit_to_object`, ...), except `elevation`
+            and `azimuth`, which the views set.
+
+    Returns:
+        A `uint8` array of shape `(image_size, len(views) * image_size, 3)`,
+        taller by a caption band with `labels`.
+
+    Raises:
+        ValueError: If `views` is empty or names an unknown view, or the
+            volume has the wrong shape.
+    """
+    views = _check_views(views)
+    tiles = [
+        render_volume(volume, threshold=threshold, image_size=image_size,
+                      elevation=VIEWS[name][0], azimuth=VIEWS[name][1], **render_kwargs)
+        for name in views
+    ]
+    background = render_kwargs.get("background", (255, 255, 255))
+    return _tile(tiles, len(tiles), image_size, image_size, list(views) if labels else None, background)
+
+
+def render_grid(
+    volumes,
+    columns=None,
+    threshold=0.5,
+    image_size=256,
+    captions=None,
+    same_scale=False,
+    views=None,
+    **render_kwargs,
+):
     """Tiles renders of several volumes into one image, row by row.
 
     Args:
@@ -187,39 +273,55 @@ def render_grid(volumes, columns=None, threshold=0.5, image_size=256, **render_k
             `(N, D, H, W)` or `(N, D, H, W, 1)`.
         columns: Number of tiles per row. Defaults to `ceil(sqrt(N))`.
         threshold: Occupancy threshold passed to `render_volume`.
-        image_size: Side of each tile, in pixels.
+        image_size: Side of each tile (each view's tile with `views`), in
+            pixels.
+        captions: `None`, or one string per volume (e.g. a sample's index and
+            occupancy) written in a band under its tile.
+        same_scale: Draw every shape at the scale that fits the largest one
+            (each still centred in its tile), so sizes can be compared. By
+            default each shape fills its own tile.
+        views: `None` for one view a volume (`elevation`/`azimuth` in
+            `render_kwargs`, default three-quarter), or names from `VIEWS`:
+            each cell then holds those views side by side.
         **render_kwargs: Further keyword arguments for `render_volume`
-            (`elevation`, `azimuth`, `color`, ...).
+            (`elevation`, `azimuth`, `color`, `extent`, ...).
 
     Returns:
-        A `uint8` array of shape `(rows * image_size, columns * image_size,
-        3)`. Unused tiles in the last row are left as background.
+        A `uint8` array of shape `(rows * cell_height, columns * cell_width,
+        3)`, where a cell is `image_size` square (`len(views)` times as wide
+        with `views`) plus a caption band of about `image_size / 7` pixels
+        with `captions`. Unused cells in the last row are left as
+        background.
 
     Raises:
         ValueError: If `volumes` is empty, `columns` is not a positive
-            integer, or a volume has the wrong shape.
+            integer, `captions` has the wrong length, a view is unknown, or a
+            volume has the wrong shape.
     """
     volumes = list(volumes)
     if not volumes:
         raise ValueError("render_grid needs at least one volume, got none.")
     count = len(volumes)
+    if captions is not None:
+        captions = [str(caption) for caption in captions]
+        if len(captions) != count:
+            raise ValueError(f"render_grid got {len(captions)} captions for {count} volumes.")
     columns = int(math.ceil(math.sqrt(count))) if columns is None else _positive_int(columns, "columns")
-    rows = int(math.ceil(count / columns))
-    tiles = [
-        render_volume(volume, threshold=threshold, image_size=image_size, **render_kwargs)
-        for volume in volumes
-    ]
-    background = _parse_color(render_kwargs.get("background", (255, 255, 255)))
-    grid = np.empty((rows * image_size, columns * image_size, 3), dtype=np.uint8)
-    grid[:] = np.asarray(background, dtype=np.uint8)
-    for index, tile in enumerate(tiles):
-        row, column = divmod(index, columns)
-        grid[row * image_size:(row + 1) * image_size,
-             column * image_size:(column + 1) * image_size] = tile
-    return grid
+    if same_scale and render_kwargs.get("extent") is None:
+        render_kwargs["extent"] = framing_extent(
+            volumes, threshold, views,
+            render_kwargs.get("elevation", 30.0), render_kwargs.get("azimuth", -135.0),
+        )
+    if views:
+        views = _check_views(views)
+        tiles = [render_views(volume, views, threshold, image_size, **render_kwargs) for volume in volumes]
+    else:
+        tiles = [render_volume(volume, threshold=threshold, image_size=image_size, **render_kwargs) for volume in volumes]
+    background = render_kwargs.get("background", (255, 255, 255))
+    return _tile(tiles, columns, image_size, tiles[0].shape[1], captions, background)
 
 
-def render_strip(volumes, threshold=0.5, image_size=256, **render_kwargs):
+def render_strip(volumes, threshold=0.5, image_size=256, captions=None, **render_kwargs):
     """Renders volumes side by side in a single row, e.g. a latent walk.
 
     Args:
@@ -227,17 +329,27 @@ def render_strip(volumes, threshold=0.5, image_size=256, **render_kwargs):
             `(N, D, H, W)` or `(N, D, H, W, 1)`.
         threshold: Occupancy threshold passed to `render_volume`.
         image_size: Side of each tile, in pixels.
-        **render_kwargs: Further keyword arguments for `render_volume`.
+        captions: `None`, or one label per volume written under its tile
+            (e.g. `"t = 0.5"`, `"a - b + c"`).
+        **render_kwargs: Further keyword arguments for `render_grid` and
+            `render_volume` (`same_scale`, `views`, `color`, ...).
 
     Returns:
-        A `uint8` array of shape `(image_size, N * image_size, 3)`.
+        A `uint8` array of shape `(image_size, N * image_size, 3)`, taller by
+        a caption band with `captions`.
 
     Raises:
-        ValueError: If `volumes` is empty or a volume has the wrong shape.
+        ValueError: If `volumes` is empty, `captions` has the wrong length or
+            a volume has the wrong shape.
     """
     volumes = list(volumes)
     return render_grid(volumes, columns=max(len(volumes), 1), threshold=threshold,
-                       image_size=image_size, **render_kwargs)
+                       image_size=image_size, captions=captions, **render_kwargs)
+
+
+def caption_height(image_size):
+    """Height in pixels of the caption band under a tile of side `image_size`."""
+    return max(12, int(round(image_size / 7)))
 
 
 def encode_png(image):
@@ -282,6 +394,84 @@ def save_png(image, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def _check_views(views):
+    if isinstance(views, str):
+        views = [views]
+    views = tuple(views or ())
+    if not views:
+        raise ValueError("Expected at least one view name.")
+    unknown = [name for name in views if name not in VIEWS]
+    if unknown:
+        raise ValueError(f"Unknown view {unknown[0]!r}; choose from {', '.join(VIEWS)}.")
+    return views
+
+
+def _frame(occupied, right, up, fit_to_object):
+    """Screen-space centre `(x, y)` and larger side of what the camera frames, in voxel edge lengths."""
+    if fit_to_object and occupied.any():
+        # The silhouette's exact bounds: each voxel's projection spans its
+        # corner's plus the extreme offsets of the unit cube's corners.
+        corners = np.argwhere(occupied).astype(np.float64)
+        along_right, along_up = corners @ right, corners @ up
+        low_x = along_right.min() + np.minimum(right, 0).sum()
+        high_x = along_right.max() + np.maximum(right, 0).sum()
+        low_y = along_up.min() + np.minimum(up, 0).sum()
+        high_y = along_up.max() + np.maximum(up, 0).sum()
+    else:
+        box_high = np.array(occupied.shape, dtype=np.float64)
+        corners = np.array([[x, y, z] for x in (0.0, box_high[0]) for y in (0.0, box_high[1]) for z in (0.0, box_high[2])])
+        low_x, high_x = (corners @ right).min(), (corners @ right).max()
+        low_y, high_y = (corners @ up).min(), (corners @ up).max()
+    extent = max(high_x - low_x, high_y - low_y, 1e-9)
+    return (low_x + high_x) / 2.0, (low_y + high_y) / 2.0, extent
+
+
+def _tile(tiles, columns, tile_height, cell_width, captions, background):
+    """Places equal-sized tiles row by row, each with its caption (if any) in a band underneath."""
+    band = caption_height(tile_height) if captions is not None else 0
+    cell_height = tiles[0].shape[0] + band
+    rows = int(math.ceil(len(tiles) / columns))
+    background = np.asarray(_parse_color(background), dtype=np.uint8)
+    grid = np.empty((rows * cell_height, columns * cell_width, 3), dtype=np.uint8)
+    grid[:] = background
+    for index, tile in enumerate(tiles):
+        row, column = divmod(index, columns)
+        top, left = row * cell_height, column * cell_width
+        grid[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+        if band:
+            grid[top + tile.shape[0]:top + cell_height, left:left + cell_width] = _caption_band(
+                captions[index], cell_width, band, background
+            )
+    return grid
+
+
+def _caption_band(text, width, height, background):
+    band = Image.new("RGB", (width, height), tuple(int(c) for c in background))
+    if not text:
+        return np.asarray(band)
+    draw = ImageDraw.Draw(band)
+    # Largest font that fits the band; long captions shrink, then lose their end.
+    for size in range(max(6, int(height * 0.75)), 5, -1):
+        font = _font(size)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        if right - left <= width - 4:
+            break
+    while right - left > width - 4 and len(text) > 1:
+        text = text[:-2] + "…"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    position = ((width - (right - left)) / 2 - left, (height - (bottom - top)) / 2 - top)
+    draw.text(position, text, fill=(40, 40, 40), font=font)
+    return np.asarray(band)
+
+
+@functools.lru_cache(maxsize=32)
+def _font(size):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
 
 
 def _occupancy(volume, threshold):

@@ -26,7 +26,6 @@ from typing import Optional
 import keras
 import numpy as np
 
-from threedgan.backend_steps import forward_without_side_effects, make_train_step
 from threedgan.checkpoint import (
     CHECKPOINT_FOLDER,
     CheckpointFolder,
@@ -42,7 +41,14 @@ from threedgan.data import VoxelDataset, load_config_dataset
 from threedgan.distributed import replicate, setup_data_parallel, setup_mirrored, shard_batch
 from threedgan.errors import ConfigError, TrainingError, WeightsError
 from threedgan.latent import sample_latents
-from threedgan.models import build_discriminator, build_generator
+from threedgan.models import (
+    accelerator_present,
+    build_discriminator,
+    build_generator,
+    configure_precision,
+    generate_volumes,
+)
+from threedgan.training_step import Recipe, make_train_step
 from threedgan.weights import save_weights_h5
 
 logger = logging.getLogger(__name__)
@@ -54,6 +60,8 @@ DISCRIMINATOR_WEIGHTS = "discriminator_weights.h5"
 RESUME_MODES = ("auto", "require", "never")
 # Signals that stop training cleanly: Ctrl-C, and what schedulers and `kill` send before a SIGKILL.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# `epoch_totals` holds each metric's sum and, under this prefix, how many steps reported it.
+COUNT_PREFIX = "count/"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -68,46 +76,16 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.exit_status = 128 + signal_number
 
 
-def accelerator_present() -> bool:
-    """Whether the active backend sees a GPU."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() == "gpu"
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    return False
-
-
-def configure_precision(config: Config) -> str:
-    """Sets Keras' global dtype policy from `config.mixed_precision` and returns the compute dtype.
-
-    `auto` picks bfloat16 on a GPU (no loss scaling needed, unlike float16) and float32 elsewhere; the networks'
-    final sigmoids and the losses stay float32 either way.
-    """
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bfloat16" if accelerator_present() else "float32"
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    return precision
-
-
 @dataclass
 class Gan:
-    """The two networks, their optimizers and the compiled step, built from one config."""
+    """The two networks, their optimizers, G's average (when the recipe keeps one) and the step, from one config."""
 
     config: Config
     generator: keras.Model
     discriminator: keras.Model
     generator_optimizer: keras.optimizers.Optimizer
     discriminator_optimizer: keras.optimizers.Optimizer
+    generator_average: Optional[keras.Model]
     step: object
 
     @classmethod
@@ -116,56 +94,39 @@ class Gan:
         keras.utils.set_random_seed(config.seed)
         generator = build_generator(config)
         discriminator = build_discriminator(config)
-        generator_optimizer = keras.optimizers.Adam(config.generator_learning_rate, beta_1=config.generator_beta_1)
+        generator_average = None
+        if config.ema_decay > 0:
+            # The average starts as a copy of G, so early samples are G's own (StyleGAN2's `G_ema = copy(G)`).
+            generator_average = build_generator(config)
+            generator_average.set_weights(generator.get_weights())
+        generator_optimizer = keras.optimizers.Adam(
+            config.generator_learning_rate, beta_1=config.generator_beta_1, beta_2=config.generator_beta_2
+        )
         discriminator_optimizer = keras.optimizers.Adam(
-            config.discriminator_learning_rate, beta_1=config.discriminator_beta_1
+            config.discriminator_learning_rate, beta_1=config.discriminator_beta_1, beta_2=config.discriminator_beta_2
         )
         step = make_train_step(
             generator,
             discriminator,
             generator_optimizer,
             discriminator_optimizer,
-            accuracy_threshold=config.discriminator_accuracy_threshold,
-            real_label=config.real_label,
+            recipe=Recipe.from_config(config),
+            generator_average=generator_average,
         )
-        return cls(config, generator, discriminator, generator_optimizer, discriminator_optimizer, step)
+        return cls(config, generator, discriminator, generator_optimizer, discriminator_optimizer, generator_average, step)
+
+    @property
+    def sampling_generator(self) -> keras.Model:
+        """The generator that samples are drawn from and that is saved: G's average if the recipe keeps one."""
+        return self.generator_average if self.generator_average is not None else self.generator
 
     def save_weights(self, directory: str) -> None:
-        """Writes both networks' weights (legacy HDF5 layout) and `config.json` into `directory`."""
+        """Writes the sampling generator's and D's weights (legacy HDF5 layout) and `config.json` into `directory`."""
         self.step.sync_variables()
         os.makedirs(directory, exist_ok=True)
-        save_weights_h5(self.generator, os.path.join(directory, GENERATOR_WEIGHTS))
+        save_weights_h5(self.sampling_generator, os.path.join(directory, GENERATOR_WEIGHTS))
         save_weights_h5(self.discriminator, os.path.join(directory, DISCRIMINATOR_WEIGHTS))
         self.config.save(directory)
-
-
-def generate_volumes(generator: keras.Model, latents: np.ndarray, batch_size: int, batch_statistics: bool = True) -> np.ndarray:
-    """Runs the generator on latents in chunks of `batch_size`.
-
-    Args:
-        generator: a model from `build_generator`.
-        latents: (n, z_size) float32.
-        batch_size: chunk size; use the training batch size, so BatchNorm sees batches like those it was trained on.
-        batch_statistics: `True` normalises with each chunk's own statistics, as the chapter's generator always
-            does (`training=True`); `False` uses the moving averages (Keras' inference mode). A short last chunk is
-            filled up with latents from the start of the list so its statistics come from a full batch.
-
-    Returns:
-        float32 numpy array (n, 64, 64, 64) of occupancy probabilities; the same latents give the same volumes.
-    """
-    outputs = []
-    for start in range(0, len(latents), batch_size):
-        chunk = latents[start : start + batch_size]
-        count = len(chunk)
-        if batch_statistics and count < batch_size and len(latents) > count:
-            chunk = np.concatenate([chunk, np.resize(latents, (batch_size - count, latents.shape[1]))])
-        chunk = keras.ops.convert_to_tensor(chunk)
-        if batch_statistics:
-            volumes = forward_without_side_effects(generator, chunk)
-        else:
-            volumes = generator(chunk, training=False)
-        outputs.append(keras.ops.convert_to_numpy(keras.ops.cast(volumes, "float32"))[:count, ..., 0])
-    return np.concatenate(outputs) if outputs else np.zeros((0, 64, 64, 64), np.float32)
 
 
 class Trainer:
@@ -312,7 +273,7 @@ class Trainer:
         """Runs the rest of the current epoch (all of it, unless resumed mid-epoch) or until the budget is spent."""
         config = self.config
         if self.epoch_order is None:
-            # The same draw as `VoxelDataset.index_batches`; kept, so that a run resumed mid-epoch sees the same batches.
+            # Drawn here, not in the data set: the order is part of the run's state, so a resumed run sees the same batches.
             self.epoch_order = self.rng.permutation(len(self.dataset))
             self.batch_index, self.epoch_totals = 0, {}
         progress = keras.utils.Progbar(self.batches_per_epoch, stateful_metrics=["g_loss", "d_loss", "d_acc"])
@@ -355,6 +316,8 @@ class Trainer:
             writer.scalars(metrics, step, prefix="step/")
             for name, value in metrics.items():
                 self.epoch_totals[name] = self.epoch_totals.get(name, 0.0) + value
+                # Counted, since not every step reports every metric (R1).
+                self.epoch_totals[COUNT_PREFIX + name] = self.epoch_totals.get(COUNT_PREFIX + name, 0.0) + 1
         progress.update(
             self.batch_index,
             [("g_loss", metrics["g_loss"]), ("d_loss", metrics["d_loss"]), ("d_acc", metrics["d_accuracy"])],
@@ -366,14 +329,18 @@ class Trainer:
         The position in the epoch stays as it is, so the final checkpoint lets a run with a larger budget continue
         exactly where this one stopped.
         """
-        self.epoch_metrics = {name: total / self.batch_index for name, total in self.epoch_totals.items()}
+        self.epoch_metrics = self._epoch_means()
         writer.scalars(self.epoch_metrics, self.epoch + 1, prefix="epoch/")
         self.history.append(self.epoch_metrics)
         writer.flush()
 
+    def _epoch_means(self) -> dict:
+        totals = self.epoch_totals
+        return {name: total / totals[COUNT_PREFIX + name] for name, total in totals.items() if not name.startswith(COUNT_PREFIX)}
+
     def _end_epoch(self, writer) -> None:
         self.epoch += 1
-        self.epoch_metrics = {name: total / self.batches_per_epoch for name, total in self.epoch_totals.items()}
+        self.epoch_metrics = self._epoch_means()
         writer.scalars(self.epoch_metrics, self.epoch, prefix="epoch/")
         self.history.append(self.epoch_metrics)
         writer.flush()
@@ -505,11 +472,12 @@ class Trainer:
 
     def _fetch(self, pending):
         """Moves a list of per-step metric dicts to the host in one transfer and checks the losses are finite."""
-        names = list(pending[0])
-        stacked = keras.ops.convert_to_numpy(
-            keras.ops.stack([keras.ops.stack([keras.ops.stop_gradient(m[n]) for n in names]) for m in pending])
-        )
-        rows = [dict(zip(names, map(float, row))) for row in stacked]
+        # Steps may report different metrics (R1 only in the iterations that add it): one flat vector for all.
+        keys = [(index, name) for index, metrics in enumerate(pending) for name in metrics]
+        flat = keras.ops.convert_to_numpy(keras.ops.stack([keras.ops.stop_gradient(pending[i][n]) for i, n in keys]))
+        rows = [{} for _ in pending]
+        for (index, name), value in zip(keys, flat):
+            rows[index][name] = float(value)
         for offset, row in enumerate(rows):
             if not (np.isfinite(row["g_loss"]) and np.isfinite(row["d_loss"])):
                 step = self.step_count - len(rows) + offset + 1
@@ -523,7 +491,7 @@ class Trainer:
         from threedgan.render import render_grid
 
         self.gan.step.sync_variables()
-        volumes = generate_volumes(self.gan.generator, self.image_latents, self.config.batch_size)
+        volumes = generate_volumes(self.gan.sampling_generator, self.image_latents, self.config.batch_size)
         writer.image("samples", render_grid(volumes, image_size=128), self.step_count)
 
 

@@ -300,7 +300,8 @@ def run_trial(
 
     from threedgan.latent import sample_latents
     from threedgan.metrics import evaluate_sets
-    from threedgan.train import Trainer, generate_volumes
+    from threedgan.models import generate_volumes
+    from threedgan.train import Trainer
 
     # Each trial builds new networks; without this, every earlier trial's graphs stay in memory.
     keras.backend.clear_session()
