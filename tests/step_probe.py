@@ -1,4 +1,4 @@
-"""Run in a subprocess with KERAS_BACKEND set: runs the training step's scenarios on small networks from weights and
+"""Run in a subprocess with KERAS_BACKEND set (and PROBE_FLOATX=float64 for the cross-backend comparison): runs the training step's scenarios on small networks from weights and
 batches drawn with NumPy (so every backend starts from the same numbers) and writes the results to a `.npz`.
 
 Usage: python tests/step_probe.py OUTPUT.npz

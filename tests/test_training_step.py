@@ -24,7 +24,10 @@ def probes(tmp_path_factory):
     for backend in BACKENDS:
         if importlib.util.find_spec(backend) is None:
             continue
-        environment = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
+        # float64 weights and activations: the backends then agree to rounding even after R1's double backward,
+        # so an error of 1e-4 (TensorFlow's own BatchNorm moments gave 4e-4 there) cannot hide in float32 noise.
+        environment = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="", PROBE_FLOATX="float64",
+                           JAX_ENABLE_X64="1")
         output = str(folder / f"{backend}.npz")
         processes[backend] = (subprocess.Popen([sys.executable, PROBE, output], env=environment, stdout=subprocess.PIPE,
                                                stderr=subprocess.PIPE, text=True), output)
@@ -59,14 +62,15 @@ def test_one_step_is_the_same_on_every_backend(probes, backend, scenario):
     if backend not in probes or "jax" not in probes:
         pytest.skip(f"{backend} or jax is not installed")
     reference, other = probes["jax"], probes[backend]
-    for index, (before, expected, actual) in enumerate(zip(
-        variables(reference, scenario, "before"), variables(reference, scenario, "after"), variables(other, scenario, "after")
-    )):
-        # Within float32 rounding of the change the step made (R1's second derivatives reach 1e-4 of it).
-        scale = float(np.max(np.abs(expected - before))) + 1e-3
-        assert np.max(np.abs(actual - expected)) <= 2e-3 * scale, f"variable {index} of {scenario} differs on {backend}"
+    before, expected, actual = (variables(report, scenario, when) for report, when in
+                                ((reference, "before"), (reference, "after"), (other, "after")))
+    # Relative to the largest change the step made (a bias feeding BatchNorm has a zero gradient in exact
+    # arithmetic, so its own change is rounding noise with no scale of its own); the losses are float32.
+    scale = max(float(np.max(np.abs(a - b))) for a, b in zip(expected, before))
+    for index, (want, got) in enumerate(zip(expected, actual)):
+        assert np.max(np.abs(got - want)) <= 1e-4 * scale, f"variable {index} of {scenario} differs on {backend}"
     for name in ("d_loss", "g_loss", "d_accuracy"):
-        np.testing.assert_allclose(other[f"{scenario}/metric/{name}"], reference[f"{scenario}/metric/{name}"], rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(other[f"{scenario}/metric/{name}"], reference[f"{scenario}/metric/{name}"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -89,6 +89,13 @@ FIELDS_FREE_ON_RESUME = (
     "images_per_log",
     "checkpoint_every_steps",
     "keep_checkpoints",
+    # What is watched and how often (threedgan.monitor): not part of the training.
+    "mesh_every_steps",
+    "metrics_every_steps",
+    "set_metrics_every_steps",
+    "metrics_samples",
+    "metrics_references",
+    "checkpoint_every_minutes",
 )
 
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")

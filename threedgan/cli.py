@@ -7,9 +7,13 @@ traceback is shown only with `--debug`.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
+import math
 import os
+import shutil
+import stat
 import sys
 
 from threedgan.config import (
@@ -23,6 +27,11 @@ from threedgan.config import (
 from threedgan.errors import ThreedganError
 
 EXIT_USER_ERROR = 2
+# Bounds of command-line numbers that no config holds: shapes generated in one call (each is 1 MiB as float32 while
+# it is written), PNG sides, and seeds (NumPy's generators take 0 to 2³² - 1 here).
+MAX_GENERATED = 4096
+MAX_IMAGE_SIZE = 4096
+MAX_SEED = 2**32 - 1
 
 
 def _setup_logging(debug: bool) -> None:
@@ -41,11 +50,12 @@ def user_errors_to_exit_code(main):
         _setup_logging(debug)
         try:
             return main(argv)
-        except (ThreedganError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        except (ThreedganError, OSError, MemoryError) as error:
+            # OSError: whatever the system refuses (a full disk, a read-only file system, a name too long, a file
+            # where a folder goes) is the user's to fix, not a bug: one line naming the path and the reason.
             if debug:
                 raise
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {error_line(error)}", file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt as interruption:
             # Training's own interruption says which checkpoint it wrote and carries 128 + the signal's number.
@@ -55,10 +65,164 @@ def user_errors_to_exit_code(main):
     return wrapper
 
 
+def error_line(error: BaseException) -> str:
+    """The one line `error: ...` shows: an `OSError` as `<path>: <reason>`, anything else as its first line."""
+    if isinstance(error, MemoryError):
+        return "out of memory (the input asks for more than this machine has; use smaller sizes or fewer samples)"
+    if isinstance(error, OSError) and not isinstance(error, ThreedganError):
+        reason = error.strerror or (str(error).splitlines() or [""])[0] or type(error).__name__
+        if error.filename is not None:
+            where = os.fsdecode(error.filename) if isinstance(error.filename, (str, bytes)) else str(error.filename)
+            if error.filename2 is not None:
+                where += f" -> {os.fsdecode(error.filename2) if isinstance(error.filename2, (str, bytes)) else error.filename2}"
+            return f"{where}: {reason}"
+        return reason
+    text = str(error)
+    return text.splitlines()[0] if text.strip() else type(error).__name__
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line `error: ...` and exit status 2 (argparse prints its whole usage first)."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def check_output_folder(path: str, what: str) -> str:
+    """Checks, creating nothing, that `path` is a writable folder or can be created as one; returns the deepest
+    folder of it that exists (where the new ones would go).
+
+    Raises:
+        ConfigError: a file is in the way (the path itself or a folder above it), a name is longer than the file
+            system allows, or the folder that exists is not writable (permissions, a read-only file system).
+    """
+    from threedgan.errors import ConfigError
+
+    if not str(path).strip():
+        raise ConfigError(f"{what} is empty")
+    target = os.path.abspath(path)
+    current, missing = target, []
+    while True:
+        try:
+            status = os.stat(current)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise ConfigError(f"{what} {path}: {error.strerror or error}") from None
+        missing.append(os.path.basename(current))
+        parent = os.path.dirname(current)
+        if parent == current:
+            raise ConfigError(f"{what} {path}: no part of it exists")
+        current = parent
+    if not stat.S_ISDIR(status.st_mode):
+        if current == target:
+            raise ConfigError(f"{what} {path} is a file, not a folder; pass a folder")
+        raise ConfigError(f"{what} {path} cannot be created: {current} is a file, not a folder")
+    try:
+        name_max = os.pathconf(current, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    for name in missing:
+        if len(os.fsencode(name)) > name_max:
+            raise ConfigError(
+                f"{what} {path}: the name {name[:24]}... is {len(os.fsencode(name))} bytes long; the file system "
+                f"allows {name_max}"
+            )
+    if not os.access(current, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(current).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):
+            read_only = False
+        reason = "is on a read-only file system" if read_only else "is not writable (permission denied)"
+        where = path if current == target else f"{path} cannot be created: {current}"
+        raise ConfigError(f"{what} {where} {reason}")
+    return current
+
+
+def estimated_checkpoint_bytes(config) -> int:
+    """About how large one checkpoint of `config`'s networks is: G (twice with its average), D, and Adam's two
+    moments of each, in float32. The chapter's networks: about 300 MB (390 MB with the average)."""
+    z = config.z_size
+    generator = 512 * 64 * z + 512 + 512 * 256 * 64 + 256 + 256 * 128 * 64 + 128 + 128 * 64 * 64 + 64 + 64 * 64 + 1
+    generator += 4 * (512 + 256 + 128 + 64)
+    discriminator = 64 * 64 + 64 + 64 * 128 * 64 + 128 + 128 * 256 * 64 + 256 + 256 * 512 * 64 + 512 + 512 * 64 + 1
+    discriminator += 4 * (128 + 256 + 512)
+    copies = 3 * (generator + discriminator) + (generator if config.ema_decay > 0 else 0)
+    return 4 * copies
+
+
+def preflight_training(config) -> None:
+    """Checks, before any data is read or step trained, every place training will write: the output folder, its
+    `checkpoints` folder and final files, and the TensorBoard folder. Warns when the disk holding the output folder
+    has less free space than two checkpoints.
+
+    Raises:
+        ConfigError: see `check_output_folder`; a file where the checkpoints folder goes, or a folder where a
+            weights file or config.json goes.
+    """
+    from threedgan.checkpoint import CHECKPOINT_FOLDER
+    from threedgan.config import CONFIG_FILENAME
+    from threedgan.errors import ConfigError
+    from threedgan.run_set import DISCRIMINATOR_FILENAME, GENERATOR_FILENAME
+
+    existing = check_output_folder(config.output_dir, "--output-dir")
+    checkpoints = os.path.join(config.output_dir, CHECKPOINT_FOLDER)
+    if os.path.lexists(checkpoints):
+        check_output_folder(checkpoints, "the checkpoints folder")
+    for name in (GENERATOR_FILENAME, DISCRIMINATOR_FILENAME, CONFIG_FILENAME):
+        if os.path.isdir(os.path.join(config.output_dir, name)):
+            raise ConfigError(f"--output-dir {config.output_dir} holds a folder named {name}, where training writes that file")
+    check_output_folder(config.logdir, "--logdir")
+    if config.run_name:
+        check_output_folder(os.path.join(config.logdir, config.run_name), "--run-name's folder")
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return
+    needed = 2 * estimated_checkpoint_bytes(config)
+    if config.checkpoint_every_steps and free < needed:
+        logging.getLogger("threedgan").warning(
+            "only %.0f MB free on the disk of %s; one checkpoint takes about %.0f MB and a new one is written before "
+            "the old is deleted: free some space or pass --checkpoint-every-steps 0",
+            free / 1e6, config.output_dir, needed / 2e6,
+        )
+
+
 def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def bounded_int(low, high):
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text):
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def probability(text):
+    """An argparse type for occupancy thresholds: a finite number strictly between 0 and 1."""
+    value = float(text)
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text}")
+    return value
+
+
+def finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
@@ -71,8 +235,8 @@ def _non_negative_int(text):
 
 def _positive_float(text):
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {value}")
     return value
 
 
@@ -87,7 +251,7 @@ def _view_list(text):
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="threedgan-train",
         description="Train the chapter's 3D-GAN on 3DShapeNets volumes. Unset flags keep the preset's value.",
     )
@@ -210,25 +374,33 @@ def train_main(argv=None) -> int:
     """`threedgan-train` / `scripts/train.py`."""
     arguments = train_parser().parse_args(argv)
     config = config_from_train_arguments(arguments)
+    # Before any data is parsed or a step trained: a folder that cannot be written fails now, not after the work.
+    preflight_training(config)
     from threedgan.train import train
 
-    metrics = train(config, resume=arguments.resume)
+    try:
+        metrics = train(config, resume=arguments.resume)
+    except OSError as error:
+        if error.filename is None and not isinstance(error, ThreedganError):
+            # h5py and json writes report no path: name the folder they were writing into.
+            raise OSError(error.errno, f"{error.strerror or error} (writing training outputs)", config.output_dir) from error
+        raise
     summary = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name in ("g_loss", "d_loss", "d_accuracy"))
     print(f"done: {summary}; weights in {config.output_dir}")
     return 0
 
 
 def generate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="threedgan-generate",
         description="Generate volumes, renders and meshes from trained weights (the latent prior comes from the run's config.json).",
     )
     parser.add_argument("--weights", required=True, help="generator_weights.h5 (config.json is read from the same folder)")
     parser.add_argument("--config", dest="config_file", help="config.json, if it is not beside the weights")
-    parser.add_argument("--num", type=_positive_int, default=8, help="how many shapes (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same shapes, same files (default 0)")
+    parser.add_argument("--num", type=bounded_int(1, MAX_GENERATED), default=8, help=f"how many shapes (default 8, at most {MAX_GENERATED})")
+    parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="same seed, same shapes, same files (default 0)")
     parser.add_argument("--output-dir", default="results", help="where files go (default results)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="occupancy threshold for renders and meshes")
+    parser.add_argument("--threshold", type=probability, default=0.5, help="occupancy threshold for renders and meshes, in (0, 1)")
     parser.add_argument(
         "--format",
         default="npy,png",
@@ -247,7 +419,7 @@ def generate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-captions", action="store_true", help="no labels under the grid's and strips' tiles")
     parser.add_argument("--voxel-size", type=_positive_float, default=1.0, help="mesh units per voxel, in mm (default 1)")
     parser.add_argument("--keep-largest", action="store_true", help="meshes keep only their largest connected part")
-    parser.add_argument("--image-size", type=_positive_int, default=256)
+    parser.add_argument("--image-size", type=bounded_int(8, MAX_IMAGE_SIZE), default=256, help=f"PNG side in pixels (at most {MAX_IMAGE_SIZE})")
     parser.add_argument(
         "--batchnorm",
         choices=["batch", "moving"],
@@ -273,7 +445,7 @@ def generate_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the latents.npy that sample:N reads (default: latents.npy in --output-dir, written by the sampling run)",
     )
-    parser.add_argument("--steps", type=_positive_int, default=8, help="interpolation steps, ends included (default 8)")
+    parser.add_argument("--steps", type=bounded_int(1, MAX_GENERATED), default=8, help="interpolation steps, ends included (default 8)")
     parser.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser

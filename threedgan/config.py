@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -84,6 +85,60 @@ def _one_of(choices) -> str:
     return ", ".join(choices[:-1]) + " or " + choices[-1]
 
 
+# Upper bounds: far above any real run, low enough that a typo (or a hostile config.json) fails at once instead of
+# after an hour of allocation. Seeds must leave room for `seed + 1` (the image latents) in NumPy's 32-bit range.
+LIMITS = {
+    "batch_size": 4096,
+    "z_size": 4096,
+    "epochs": 1_000_000,
+    "max_samples": 1_000_000_000,
+    "max_steps": 1_000_000_000,
+    "image_every_steps": 1_000_000_000,
+    "checkpoint_every_steps": 1_000_000_000,
+    "images_per_log": 64,
+    "keep_checkpoints": 1000,
+    "devices": 1024,
+    "r1_interval": 1_000_000,
+    "seed": 2**32 - 2,
+    "generator_learning_rate": 1.0,
+    "discriminator_learning_rate": 1.0,
+    "z_stddev": 100.0,
+    "r1_gamma": 1e6,
+    "time_budget_minutes": 1e7,
+}
+
+
+def _type_problem(annotation: str, value) -> Optional[str]:
+    """What is wrong with `value` for a field annotated `annotation` (a string under postponed annotations), or
+    `None`. JSON gives ints where floats are meant, which is fine; a bool is not a number, a string is not a number,
+    NaN and infinity are not values, and `null` only goes where the field is Optional."""
+    annotation = str(annotation).replace("typing.", "").strip()
+    if annotation.startswith("Optional[") and annotation.endswith("]"):
+        if value is None:
+            return None
+        annotation = annotation[len("Optional[") : -1]
+    elif value is None:
+        return "must not be null"
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "must be an integer"
+    elif annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        if not math.isfinite(value):
+            return "must be a finite number"
+    elif annotation == "str":
+        if not isinstance(value, str):
+            return "must be a string"
+    elif annotation == "bool":
+        if not isinstance(value, bool):
+            return "must be true or false"
+    elif annotation in ("list", "List[str]"):
+        if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+            return "must be a list of names"
+    return None
+
+
 @dataclass
 class Config:
     """Everything that defines a run.
@@ -147,7 +202,17 @@ class Config:
         run_name: `None` makes one from the category and the time.
         image_every_steps: interval between rendered sample images in TensorBoard.
         images_per_log: how many samples each logged image shows.
+        mesh_every_steps: interval between sample meshes in TensorBoard's MESH tab (the first `images_per_log`
+            shapes of the images' latents, meshed at 32³; `0` turns them off).
+        metrics_every_steps: interval between shape metrics of `metrics_samples` fixed latents in TensorBoard and
+            `<output_dir>/metrics.jsonl`: occupancy and mean pairwise IoU, the collapse detector (`0`: off).
+        set_metrics_every_steps: interval between MMD, COV and 1-NNA (IoU) of those samples against a fixed slice
+            of `metrics_references` training volumes (`0`: off). See `threedgan.monitor`.
+        metrics_samples, metrics_references: the sizes of those two sets.
         checkpoint_every_steps: interval between checkpoints (`0` disables them).
+        checkpoint_every_minutes: also write a checkpoint when this much time has passed since the last one (the
+            first after at most a minute, so a run killed early resumes); `0` turns the clock off. Checkpoints are
+            off altogether only with both intervals 0.
         keep_checkpoints: how many recent checkpoints to keep.
     """
 
@@ -196,7 +261,13 @@ class Config:
     run_name: Optional[str] = None
     image_every_steps: int = 100
     images_per_log: int = 4
+    mesh_every_steps: int = 500
+    metrics_every_steps: int = 100
+    set_metrics_every_steps: int = 1000
+    metrics_samples: int = 64
+    metrics_references: int = 64
     checkpoint_every_steps: int = 500
+    checkpoint_every_minutes: float = 10.0
     keep_checkpoints: int = 3
 
     def __post_init__(self):
@@ -229,9 +300,28 @@ class Config:
         return cls(**values)
 
     def validate(self) -> None:
-        """Raises `ConfigError` naming the first invalid field."""
+        """Raises `ConfigError` naming the first invalid field: of the wrong type (a string or a bool where a number
+        goes, `null` where the field is not optional, NaN or infinity), above its bound in `LIMITS`, or invalid."""
         if isinstance(self.categories, str):
             self.categories = [self.categories]
+        # Types first, so that the value checks below compare numbers with numbers (config.json, --config and
+        # tune's trials all come through here).
+        for config_field in dataclasses.fields(self):
+            value = getattr(self, config_field.name)
+            if type(value).__module__ == "numpy" and hasattr(value, "item"):
+                # A NumPy scalar from code (Hyperopt's suggestions, say) becomes the Python value JSON can write.
+                value = value.item()
+                setattr(self, config_field.name, value)
+            problem = _type_problem(config_field.type, value)
+            if problem is None and config_field.name in LIMITS and value is not None and value > LIMITS[config_field.name]:
+                problem = f"must be at most {LIMITS[config_field.name]}"
+            if problem is not None:
+                raise ConfigError(f"config field {config_field.name} = {value!r} {problem}")
+        if self.seed < 0:
+            raise ConfigError(f"config field seed = {self.seed!r} must be 0 or more")
+        for name in ("output_dir", "logdir"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"config field {name} must not be empty")
         checks = [
             ("split", self.split in ("train", "test"), "must be 'train' or 'test'"),
             ("rotations", self.rotations in ("all", "canonical"), "must be 'all' or 'canonical'"),
@@ -273,6 +363,12 @@ class Config:
             ("image_every_steps", self.image_every_steps >= 0, "must be 0 (off) or positive"),
             ("images_per_log", self.images_per_log >= 1, "must be at least 1"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, "must be 0 (off) or positive"),
+            ("checkpoint_every_minutes", 0 <= self.checkpoint_every_minutes <= 1e7, "must be 0 (off) or positive"),
+            ("mesh_every_steps", 0 <= self.mesh_every_steps <= 1_000_000_000, "must be 0 (off) or positive"),
+            ("metrics_every_steps", 0 <= self.metrics_every_steps <= 1_000_000_000, "must be 0 (off) or positive"),
+            ("set_metrics_every_steps", 0 <= self.set_metrics_every_steps <= 1_000_000_000, "must be 0 (off) or positive"),
+            ("metrics_samples", 2 <= self.metrics_samples <= 4096, "must be in [2, 4096]"),
+            ("metrics_references", 1 <= self.metrics_references <= 4096, "must be in [1, 4096]"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, "must be at least 1"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, "must be at least 1 or null"),
             ("time_budget_minutes", self.time_budget_minutes is None or self.time_budget_minutes > 0, "must be positive or null"),
@@ -306,12 +402,14 @@ class Config:
         """
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_FILENAME)
+        from threedgan.safe_io import MIB, read_regular_file
+
+        if not os.path.exists(path):
+            raise ConfigError(f"config file not found: {path}")
         try:
-            with open(path) as handle:
-                values = json.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            # A regular file of at most 1 MiB (a config is about 2 KB): never a FIFO, a device or a symlink to one.
+            values = json.loads(read_regular_file(path, MIB, ConfigError, what="config file").decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise ConfigError(f"cannot read config file {path}: {error}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} does not hold a JSON object")

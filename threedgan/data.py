@@ -25,6 +25,18 @@ import numpy as np
 import scipy.io
 
 from threedgan.errors import DataError
+from threedgan.safe_io import (
+    GIB,
+    MIB,
+    check_mat_inflation,
+    check_regular_file,
+    is_numeric_mat_class,
+    list_npz,
+    load_npz,
+    mat_variables,
+    read_regular_file,
+    read_zip_member,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +46,16 @@ MAT_KEY = "instance"
 RAW_SIDE = 30
 PADDED_SIDE = 32
 CACHE_FORMAT_VERSION = 1
+PACKED_ROW_BYTES = PADDED_SIDE**3 // 8
+# What one 3DShapeNets .mat may hold: a 30³ grid is 216 KB even as float64, so these leave ample room and refuse a
+# file (or a zip member, or a compressed variable) that expands to gigabytes before it is read.
+MAX_MAT_FILE_BYTES = 4 * MIB
+MAX_MAT_INFLATED_BYTES = 4 * MIB
+# A packed slice holds 4 KiB a volume: 1 GiB is 262,144 volumes a category and split (all of ModelNet40's train
+# split with its 12 rotations is 118,116), 2 GiB in all.
+MAX_PACKED_ARRAY_BYTES = 1 * GIB
+MAX_PACKED_SLICE_BYTES = 2 * GIB
+MAX_CACHE_BYTES = 4 * GIB
 
 # <anything>/<category>/30/<split>/<model>_<rotation>.mat, the layout of the chapter's archive.
 _MEMBER_PATTERN = re.compile(r"^(?P<root>(?:.*/)?)(?P<category>[^/]+)/30/(?P<split>train|test)/(?P<stem>[^/]+)_(?P<rotation>\d+)\.mat$")
@@ -153,11 +175,10 @@ class _FolderSource(_Source):
 
     def read(self, relative_name: str) -> bytes:
         path = os.path.join(self.path, relative_name)
-        try:
-            with open(path, "rb") as handle:
-                return handle.read()
-        except OSError as error:
-            raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+        if os.path.isdir(path):
+            raise DataError(f"{path}: cannot read (Is a directory)")
+        # Regular files only (a FIFO would block, a symlink to /dev/zero never end), and no larger than a .mat may be.
+        return read_regular_file(path, MAX_MAT_FILE_BYTES, DataError, what=".mat file")
 
     def close(self) -> None:
         pass
@@ -169,7 +190,7 @@ class _ZipSource(_Source):
         try:
             self.archive = zipfile.ZipFile(path)
             names = self.archive.namelist()
-        except (zipfile.BadZipFile, OSError) as error:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
             raise DataError(f"cannot read zip archive {path}: {error}") from None
         for name in names:
             # Members are only ever read into memory, never extracted; still refuse archives that try to escape.
@@ -182,10 +203,9 @@ class _ZipSource(_Source):
         return [os.path.abspath(self.path), stat.st_size, stat.st_mtime_ns]
 
     def read(self, relative_name: str) -> bytes:
-        try:
-            return self.archive.read(relative_name)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-            raise DataError(f"{self.path}: cannot read member {relative_name}: {error}") from None
+        # Encrypted members, compression methods zipfile lacks and members declaring more than a .mat may hold are
+        # refused before anything is decompressed.
+        return read_zip_member(self.archive, relative_name, self.path, MAX_MAT_FILE_BYTES, DataError)
 
     def close(self) -> None:
         self.archive.close()
@@ -236,6 +256,9 @@ def open_source(path: str) -> _Source:
     """
     if not os.path.exists(path):
         raise DataError(f"data path not found: {path}")
+    if not os.path.isdir(path):
+        # A FIFO, a device or a symlink to one is refused here, before anything opens it.
+        check_regular_file(path, DataError, what="data path")
     if os.path.isdir(path):
         root = _find_volumetric_root(path)
         if root is None:
@@ -297,15 +320,31 @@ def parse_mat(content: bytes, name: str) -> np.ndarray:
     """
     if content[:8] == b"\x89HDF\r\n\x1a\n" or b"MATLAB 7.3" in content[:128]:
         raise DataError(f"{name}: MATLAB v7.3 (HDF5) file, not a 3DShapeNets volume (expected a MATLAB v5 file with '{MAT_KEY}')")
+    # Bounded before scipy allocates anything: compressed variables may not inflate past what a volume file holds,
+    # and `instance` must be declared as a 30³ numeric array before its data is read.
+    check_mat_inflation(content, name, MAX_MAT_INFLATED_BYTES, DataError)
     try:
-        contents = scipy.io.loadmat(io.BytesIO(content))
+        variables = {variable[0]: variable for variable in mat_variables(content)}
+    except NotImplementedError:
+        raise DataError(f"{name}: MATLAB v7.3 (HDF5) file, not a 3DShapeNets volume") from None
+    except Exception as error:  # scipy raises ValueError, TypeError, zlib.error, ... on damaged files
+        raise DataError(f"{name}: cannot read .mat file ({type(error).__name__}: {error})".splitlines()[0]) from None
+    if MAT_KEY not in variables:
+        keys = ", ".join(sorted(k for k in variables if not k.startswith("__"))) or "none"
+        raise DataError(f"{name}: no '{MAT_KEY}' array in the file (keys: {keys})")
+    _, declared_shape, class_name = variables[MAT_KEY]
+    if not is_numeric_mat_class(class_name):
+        raise DataError(f"{name}: '{MAT_KEY}' is a MATLAB {class_name}, expected numbers 0/1")
+    if tuple(declared_shape) != (RAW_SIDE,) * 3:
+        raise DataError(f"{name}: '{MAT_KEY}' has shape {tuple(declared_shape)}, expected {(RAW_SIDE,) * 3}")
+    try:
+        contents = scipy.io.loadmat(io.BytesIO(content), variable_names=[MAT_KEY])
     except NotImplementedError:
         raise DataError(f"{name}: MATLAB v7.3 (HDF5) file, not a 3DShapeNets volume") from None
     except Exception as error:  # scipy raises ValueError, TypeError, zlib.error, ... on damaged files
         raise DataError(f"{name}: cannot read .mat file ({type(error).__name__}: {error})".splitlines()[0]) from None
     if MAT_KEY not in contents:
-        keys = ", ".join(sorted(k for k in contents if not k.startswith("__"))) or "none"
-        raise DataError(f"{name}: no '{MAT_KEY}' array in the file (keys: {keys})")
+        raise DataError(f"{name}: no '{MAT_KEY}' array in the file")
     grid = np.asarray(contents[MAT_KEY])
     if grid.shape != (RAW_SIDE,) * 3:
         raise DataError(f"{name}: '{MAT_KEY}' has shape {grid.shape}, expected {(RAW_SIDE,) * 3}")
@@ -435,34 +474,53 @@ def _load_packed_slice(path, categories, split, rotations, obj_ratio, max_sample
 
     Such a file carries a few categories to a machine without the archive (the GPU machine) in a few MB.
     """
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as error:
-        raise DataError(f"cannot read packed slice {path}: {error}".splitlines()[0]) from None
-    with archive:
-        available = sorted(key[: -len(f"_{split}")] for key in archive.files if key.endswith(f"_{split}"))
-        if list(categories) == ["all"]:
-            categories = available
-        unknown = [c for c in categories if c not in available]
-        if unknown:
-            raise DataError(f"unknown category {unknown[0]!r} for split {split!r} in {path}; available: {', '.join(available)}")
-        packed, names, labels = [], [], []
-        for label, category in enumerate(categories):
-            rows, row_names = archive[f"{category}_{split}"], archive[f"{category}_{split}_names"]
-            order = np.argsort(row_names)
-            if rotations == "canonical":
-                # `_1.mat`, or `_1.off` etc. in slices made from meshes by scripts/voxelize.py
-                order = [i for i in order if os.path.splitext(str(row_names[i]))[0].endswith("_1")]
-            order = order[: int(obj_ratio * len(order))]
-            if len(order) == 0:
-                raise DataError(f"no volumes for category {category!r}, split {split!r}, rotations {rotations!r} in {path}")
-            packed.append(rows[order])
-            names.append(row_names[order])
-            labels.append(np.full(len(order), label, dtype=np.int32))
+    files = list_npz(path, DataError, what="packed slice")
+    available = sorted(key[: -len(f"_{split}")] for key in files if key.endswith(f"_{split}"))
+    if list(categories) == ["all"]:
+        categories = available
+    unknown = [c for c in categories if c not in available]
+    if unknown:
+        raise DataError(f"unknown category {unknown[0]!r} for split {split!r} in {path}; available: {', '.join(available)}")
+    # Only the arrays asked for are decompressed, each checked against what a slice may hold first.
+    wanted = [f"{category}_{split}{suffix}" for category in categories for suffix in ("", "_names")]
+    archive = load_npz(
+        path, MAX_PACKED_ARRAY_BYTES, DataError, what="packed slice", names=wanted, max_total_bytes=MAX_PACKED_SLICE_BYTES
+    )
+    packed, names, labels = [], [], []
+    for label, category in enumerate(categories):
+        rows, row_names = _packed_slice_arrays(archive, path, f"{category}_{split}")
+        order = np.argsort(row_names)
+        if rotations == "canonical":
+            # `_1.mat`, or `_1.off` etc. in slices made from meshes by scripts/voxelize.py
+            order = [i for i in order if os.path.splitext(str(row_names[i]))[0].endswith("_1")]
+        order = order[: int(obj_ratio * len(order))]
+        if len(order) == 0:
+            raise DataError(f"no volumes for category {category!r}, split {split!r}, rotations {rotations!r} in {path}")
+        packed.append(rows[order])
+        names.append(row_names[order])
+        labels.append(np.full(len(order), label, dtype=np.int32))
     dataset = VoxelDataset(np.concatenate(packed), np.concatenate(names), np.concatenate(labels), list(categories))
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.subset(np.linspace(0, len(dataset) - 1, max_samples).round().astype(int))
     return dataset
+
+
+def _packed_slice_arrays(arrays: dict, path: str, key: str):
+    """A packed slice's rows and names for one `<category>_<split>`, checked: uint8 rows of 4096 bytes, one string
+    name a row."""
+    if f"{key}_names" not in arrays:
+        raise DataError(f"packed slice {path} has {key} but no {key}_names array")
+    rows, row_names = arrays[key], arrays[f"{key}_names"]
+    if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != PACKED_ROW_BYTES:
+        raise DataError(
+            f"packed slice {path}: {key} is a {rows.dtype} array of shape {rows.shape}, expected uint8 rows of "
+            f"{PACKED_ROW_BYTES} bytes (bit-packed 32³ volumes)"
+        )
+    if row_names.ndim != 1 or row_names.dtype.kind not in "US":
+        raise DataError(f"packed slice {path}: {key}_names is a {row_names.dtype} array of shape {row_names.shape}, expected strings")
+    if len(row_names) != len(rows):
+        raise DataError(f"packed slice {path}: {key} has {len(rows)} rows but {key}_names {len(row_names)} names")
+    return rows, row_names
 
 
 def _cache_key(source_fingerprint, selection) -> str:
@@ -474,8 +532,11 @@ def _read_cache(cache_path: str) -> Optional[VoxelDataset]:
     if not os.path.exists(cache_path):
         return None
     try:
-        with np.load(cache_path, allow_pickle=False) as cached:
-            dataset = VoxelDataset(cached["packed"], cached["names"], cached["labels"], [str(c) for c in cached["category_names"]])
+        # Bounded like any other file: a cache folder is a path the user chose, and may hold anything.
+        cached = load_npz(cache_path, MAX_CACHE_BYTES, DataError, what="cache")
+        dataset = VoxelDataset(cached["packed"], cached["names"], cached["labels"], [str(c) for c in cached["category_names"]])
+        if dataset.packed.dtype != np.uint8 or dataset.packed.ndim != 2 or dataset.packed.shape[1] != PACKED_ROW_BYTES:
+            raise DataError(f"packed volumes of shape {dataset.packed.shape}")
         logger.info("loaded %d volumes from cache %s", len(dataset), cache_path)
         return dataset
     except Exception as error:  # a damaged cache is rebuilt, never trusted

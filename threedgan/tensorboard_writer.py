@@ -3,7 +3,13 @@
 `keras.callbacks.TensorBoard` needs TensorFlow even on JAX or PyTorch; this writer needs only the `tensorboard`
 package: it builds the event protocol buffers itself and writes them with TensorBoard's own `EventFileWriter`,
 which falls back to a pure-Python file layer when TensorFlow is absent. Only `graph` needs TensorFlow, because a
-graph is a TensorFlow `GraphDef`; on other backends it does nothing.
+graph is a TensorFlow `GraphDef`; on other backends it does nothing (`graphs_supported()` says so beforehand, so
+callers need not create an empty run folder for it). Meshes (`mesh`, TensorBoard's MESH tab) and hyper-parameters
+(`hparams`, the HPARAMS tab) are written as the plugins' own protocol buffers, which need no TensorFlow either.
+
+Why not `tensorboardX`, which writes the same events without TensorFlow: it would be one more dependency for four
+small methods, and this writer already uses TensorBoard's own metadata helpers (`plugins.text`, `plugins.mesh`,
+`plugins.hparams`), so the events are exactly what TensorBoard's summary ops write.
 
 Example:
 
@@ -19,6 +25,9 @@ import time
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.plugins.mesh import metadata as mesh_metadata
+from tensorboard.plugins.mesh import plugin_data_pb2 as mesh_plugin_data
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -129,6 +138,89 @@ class SummaryWriter:
         )
         self._add(summary_pb2.Summary(value=[summary_value]), step)
 
+    def mesh(self, tag, vertices, faces, step, colors=None, description=None):
+        """Records one triangle mesh, shown (rotatable) in TensorBoard's MESH tab.
+
+        Written as TensorBoard's mesh plugin writes it (`tensorboard.plugins.mesh.summary_v2.mesh`): one tensor per
+        component, tagged `<tag>_VERTEX`, `<tag>_FACE` and `<tag>_COLOR`, each with the plugin's metadata.
+
+        Args:
+            tag: the mesh's name.
+            vertices: float array (N, 3) of coordinates, or (B, N, 3) for B meshes of equal size.
+            faces: integer array (F, 3) (or (B, F, 3)) of vertex indices, one row a triangle.
+            step: the training step.
+            colors: optional uint8 array (N, 3) (or (B, N, 3)) of per-vertex RGB colours.
+            description: optional Markdown shown with the mesh.
+
+        Raises:
+            ValueError: the writer is closed, or the arrays have the wrong shapes or a face names a missing vertex.
+        """
+        components = [
+            (mesh_plugin_data.MeshPluginData.VERTEX, _batched(vertices, np.float32, "vertices"), types_pb2.DT_FLOAT),
+            (mesh_plugin_data.MeshPluginData.FACE, _batched(faces, np.int32, "faces"), types_pb2.DT_INT32),
+        ]
+        if colors is not None:
+            components.append(
+                (mesh_plugin_data.MeshPluginData.COLOR, _batched(colors, np.uint8, "colors"), types_pb2.DT_UINT8)
+            )
+        vertex_array, face_array = components[0][1], components[1][1]
+        if face_array.size and (face_array.min() < 0 or face_array.max() >= vertex_array.shape[1]):
+            raise ValueError(f"mesh {tag}: faces name vertices outside 0..{vertex_array.shape[1] - 1}")
+        if len({array.shape[0] for _, array, _ in components}) != 1 or (
+            colors is not None and components[2][1].shape[1] != vertex_array.shape[1]
+        ):
+            raise ValueError(f"mesh {tag}: vertices, faces and colors must describe the same meshes")
+        bitmask = mesh_metadata.get_components_bitmask([content_type for content_type, _, _ in components])
+        values = []
+        for content_type, array, dtype in components:
+            summary_metadata = mesh_metadata.create_summary_metadata(
+                tag, None, content_type, bitmask, list(array.shape), description, json_config="{}"
+            )
+            tensor = tensor_pb2.TensorProto(
+                dtype=dtype,
+                tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(size)) for size in array.shape]
+                ),
+                tensor_content=array.tobytes(),
+            )
+            values.append(
+                summary_pb2.Summary.Value(
+                    tag=mesh_metadata.get_instance_name(tag, content_type), metadata=summary_metadata, tensor=tensor
+                )
+            )
+        self._add(summary_pb2.Summary(value=values), step)
+
+    def hparams(self, values, start_time=None):
+        """Records the run's hyper-parameters for TensorBoard's HPARAMS tab (one session: this run folder).
+
+        Args:
+            values: a mapping from name to a `bool`, number or string; `None` becomes `"null"`, lists and tuples
+                become comma-separated strings, anything else its `str`.
+            start_time: the run's start, seconds since the epoch (default now).
+
+        Raises:
+            ValueError: the writer is closed.
+        """
+        cleaned = {}
+        for name, value in values.items():
+            if isinstance(value, np.generic):
+                value = value.item()
+            if value is None:
+                value = "null"
+            elif isinstance(value, (list, tuple)):
+                value = ",".join(str(item) for item in value)
+            elif not isinstance(value, (bool, int, float, str)):
+                value = str(value)
+            cleaned[str(name)] = value
+        self._add(hparams_summary.hparams_pb(cleaned, start_time_secs=start_time), 0)
+
+    @staticmethod
+    def graphs_supported():
+        """Whether `graph` can write anything on the active Keras backend (TensorFlow only)."""
+        import keras
+
+        return keras.backend.backend() == "tensorflow"
+
     def graph(self, model):
         """Records a Keras model's inference graph, shown in TensorBoard's Graphs tab.
 
@@ -188,6 +280,16 @@ class SummaryWriter:
     def _check_open(self):
         if self._closed:
             raise ValueError(f"SummaryWriter for {self._logdir} is closed")
+
+
+def _batched(array, dtype, name):
+    """`array` as a contiguous (B, N, 3) array of `dtype`, adding the batch axis to an (N, 3) array."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"mesh {name} must have shape (N, 3) or (B, N, 3), got {array.shape}")
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def _to_float(value, tag):

@@ -6,13 +6,21 @@ with trimesh into `[x, y, z]` order as well, but keep whatever up axis the
 source model had (ShapeNet models voxelised with binvox are usually y up).
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
+from threedgan.safe_io import MIB, check_mat_inflation, check_regular_file, is_numeric_mat_class, load_npy, mat_variables
+
 VOLUME_SUFFIXES = (".npy", ".mat", ".binvox")
 SAVE_SUFFIXES = (".npy", ".mat")
+# The largest volume read: a 256³ grid (ShapeNet's finest common .binvox), 128 MiB even as float64. Files, headers
+# and compressed variables that declare more are refused before anything is allocated.
+MAX_VOLUME_VOXELS = 256**3
+MAX_VOLUME_BYTES = MAX_VOLUME_VOXELS * 8
+MAX_VOLUME_FILE_BYTES = MAX_VOLUME_BYTES + MIB
 
 
 def load_volume(path):
@@ -35,8 +43,10 @@ def load_volume(path):
             MATLAB v7.3 (HDF5) file, or it holds no 3-D volume.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"Volume file not found: {path}")
+    # Regular files only (never a FIFO or a device, even through a symlink), and no larger than a volume may be.
+    check_regular_file(path, ValueError, what="volume file", max_bytes=MAX_VOLUME_FILE_BYTES)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         volume = _load_npy(path)
@@ -93,18 +103,30 @@ def _load_npy(path):
         if file.read(6) != b"\x93NUMPY":
             raise ValueError(f"Cannot read {path}: not a valid .npy file (missing the NUMPY header).")
     try:
-        return np.load(path, allow_pickle=False)
+        # The header's shape is checked against the cap and the file's size before the array is allocated.
+        return load_npy(path, MAX_VOLUME_BYTES, ValueError, what="volume file")
     except ValueError as error:
-        if "allow_pickle" in str(error):
+        if "Python objects" in str(error):
             raise ValueError(f"{path} holds pickled Python objects, which are never loaded.") from None
-        raise ValueError(f"Cannot read {path}: not a valid .npy file ({error}).") from None
+        raise
     except (OSError, EOFError) as error:
         raise ValueError(f"Cannot read {path}: not a valid .npy file ({error}).") from None
 
 
 def _load_mat(path):
+    content = path.read_bytes()  # at most MAX_VOLUME_FILE_BYTES: checked by load_volume
+    # Compressed variables may not inflate past what a volume holds; variables declared larger are never read.
+    check_mat_inflation(content, str(path), MAX_VOLUME_BYTES + MIB, ValueError)
     try:
-        contents = scipy.io.loadmat(path)
+        variables = mat_variables(content)
+        readable = [
+            name for name, shape, class_name in variables
+            if is_numeric_mat_class(class_name) and np.prod(shape, dtype=np.float64) <= MAX_VOLUME_VOXELS
+        ]
+        too_large = [name for name, shape, _ in variables if np.prod(shape, dtype=np.float64) > MAX_VOLUME_VOXELS]
+        if "instance" in too_large:
+            raise ValueError(f"{path}: 'instance' is larger than {MAX_VOLUME_VOXELS:,} voxels (256³)")
+        contents = scipy.io.loadmat(io.BytesIO(content), variable_names=readable) if readable else {}
     except NotImplementedError:
         # scipy cannot read v7.3 files, which are HDF5 underneath.
         raise ValueError(
@@ -112,6 +134,8 @@ def _load_mat(path):
             "re-save it with save(..., '-v7') or read it with h5py."
         ) from None
     except Exception as error:  # scipy raises many types for corrupt files.
+        if isinstance(error, ValueError) and str(error).startswith(f"{path}: 'instance' is larger"):
+            raise
         if _starts_with_hdf5_signature(path):
             raise ValueError(
                 f"{path} is an HDF5 file (MATLAB v7.3 style), which is not supported: "
@@ -140,7 +164,15 @@ def _load_binvox(path):
 
     try:
         with open(path, "rb") as file:
-            grid = binvox.load_binvox(file)
+            parsed = binvox.parse_binvox(file, writeable=True)
+        shape = tuple(int(side) for side in parsed.shape)
+    except Exception as error:  # Header and run-length errors vary in type.
+        raise ValueError(f"Cannot read {path}: not a valid .binvox file ({error}).") from None
+    # Checked before decoding: the run-length data of a huge grid is small, its expansion is not.
+    if len(shape) != 3 or min(shape) < 1 or np.prod(shape, dtype=np.float64) > MAX_VOLUME_VOXELS:
+        raise ValueError(f"{path}: .binvox grid {shape} is too large or malformed (at most {MAX_VOLUME_VOXELS:,} voxels, 256³)")
+    try:
+        grid = binvox.voxel_from_binvox(parsed.rle_data, parsed.shape, parsed.translate, parsed.scale)
         return np.asarray(grid.matrix)
     except Exception as error:  # Header and run-length errors vary in type.
         raise ValueError(f"Cannot read {path}: not a valid .binvox file ({error}).") from None
