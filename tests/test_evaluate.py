@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from threedgan import evaluate
+from threedgan import data, evaluate
 from threedgan.generate import save_packed_samples
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -24,7 +24,7 @@ def box30(low, high):
 
 def as_generated(volumes30):
     """The 64³ grids the loader makes of 30³ volumes (pad by one, zoom ×2): what a perfect generator would draw."""
-    return evaluate.upsample_uint8(np.pad(np.asarray(volumes30), ((0, 0), (1, 1), (1, 1), (1, 1))))
+    return data.upsample(np.pad(np.asarray(volumes30), ((0, 0), (1, 1), (1, 1), (1, 1))), "uint8")
 
 
 def random_boxes(count, seed, low_range=(2, 10), size_range=(6, 18)):
@@ -194,7 +194,7 @@ def test_real_chairs_against_real_test_chairs(tmp_path, shared_zip):
     from threedgan.data import load_dataset
 
     train_chairs = load_dataset(shared_zip, ["chair"], "train", "canonical", max_samples=6, cache_dir=str(tmp_path))
-    samples = packed(tmp_path, evaluate.upsample_uint8(train_chairs.volumes32()))
+    samples = packed(tmp_path, data.upsample(train_chairs.volumes32(), "uint8"))
     out = tmp_path / "chairs.json"
     completed = run_script(
         "--samples", samples, "--category", "chair", "--data-dir", shared_zip, "--max-references", "20",

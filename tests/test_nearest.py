@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from threedgan import evaluate
+from threedgan import data, evaluate
 from threedgan.generate import save_packed_samples
 from threedgan.metrics import iou_distance_matrix
 from threedgan.nearest import iou_to_references, memorisation_summary, nearest_neighbour_sheet, nearest_neighbours
@@ -64,7 +64,7 @@ def test_evaluate_draws_the_sheet_and_the_figure_and_reports_the_numbers(tmp_pat
     from threedgan.data import load_dataset
 
     train = load_dataset(volumetric_dir, ["chair"], "train", "canonical", cache_dir=str(tmp_path / "cache"))
-    copies = evaluate.upsample_uint8(train.volumes32())  # every sample copies a training chair
+    copies = data.upsample(train.volumes32(), "uint8")  # every sample copies a training chair
     samples = save_packed_samples(copies, str(tmp_path / "samples.npz"), provenance={"categories": ["chair"]})
     out = tmp_path / "eval.json"
     status = evaluate.evaluate_main([

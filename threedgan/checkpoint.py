@@ -589,6 +589,18 @@ class CheckpointFolder:
         return target
 
 
+def newest_checkpoint_weights(path: str) -> Optional[str]:
+    """The generator weights of the newest checkpoint of the run folder `path` (or of the folder holding the file
+    `path`), for the message of a `generate --weights` that names top-level weights a killed run never wrote;
+    `None` if there is none. The checkpoint folder holds its `config.json` too, so the path works as `--weights`."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for _, checkpoint_path in reversed(CheckpointFolder(os.path.join(folder, CHECKPOINT_FOLDER), keep=1).steps_and_paths()):
+        weights = os.path.join(checkpoint_path, GENERATOR_FILENAME)
+        if os.path.isfile(weights):
+            return weights
+    return None
+
+
 def remove_temporary_outputs(output_dir: str) -> List[str]:
     """Deletes the temporary files a final save killed midway leaves in an output folder; returns their paths.
 

@@ -34,10 +34,13 @@ MAX_IMAGE_SIZE = 4096
 MAX_SEED = 2**32 - 1
 
 
-def _setup_logging(debug: bool) -> None:
+def _setup_logging(debug: bool, import_backends: bool = True) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # TensorFlow and absl log a page of start-up chatter; keep the terminal for what the user asked for.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow and absl log a page of start-up chatter (CUDA probes, the oneDNN banner); keep the terminal for
+    # what the user asked for, unless --debug. Before anything imports TensorFlow; the user's own settings win.
+    from threedgan.quiet import quiet_startup
+
+    quiet_startup(debug, import_backends)
 
 
 def user_errors_to_exit_code(main):
@@ -47,7 +50,7 @@ def user_errors_to_exit_code(main):
     def wrapper(argv=None):
         argv = sys.argv[1:] if argv is None else list(argv)
         debug = "--debug" in argv
-        _setup_logging(debug)
+        _setup_logging(debug, import_backends=not {"-h", "--help"} & set(argv))
         try:
             return main(argv)
         except (ThreedganError, OSError, MemoryError) as error:
@@ -226,6 +229,13 @@ def finite_float(text):
     return value
 
 
+def _non_negative_float(text):
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {value}")
+    return value
+
+
 def _non_negative_int(text):
     value = int(text)
     if value < 0:
@@ -329,7 +339,27 @@ def train_parser() -> argparse.ArgumentParser:
     output.add_argument("--logdir", help="TensorBoard root (default logs)")
     output.add_argument("--run-name", help="TensorBoard run folder name (default <category>-<time>)")
     output.add_argument("--image-every-steps", type=_non_negative_int, help="sample renders interval (0: off)")
+    output.add_argument(
+        "--mesh-every-steps", type=_non_negative_int, help="sample meshes for TensorBoard's MESH tab, interval (0: off)"
+    )
+    output.add_argument(
+        "--metrics-every-steps",
+        type=_non_negative_int,
+        help="occupancy and mean pairwise IoU (collapse) of fixed samples to TensorBoard and metrics.jsonl, interval (0: off)",
+    )
+    output.add_argument(
+        "--set-metrics-every-steps",
+        type=_non_negative_int,
+        help="MMD / COV / 1-NNA (IoU) of those samples against a slice of the training volumes, interval (0: off)",
+    )
+    output.add_argument("--metrics-samples", type=_positive_int, help="fixed latents the metrics generate")
+    output.add_argument("--metrics-references", type=_positive_int, help="training volumes the set metrics compare with")
     output.add_argument("--checkpoint-every-steps", type=_non_negative_int, help="checkpoint interval (0: off)")
+    output.add_argument(
+        "--checkpoint-every-minutes",
+        type=_non_negative_float,
+        help="also checkpoint when this much time passed since the last one; the first after at most 1 minute (0: off)",
+    )
     output.add_argument("--keep-checkpoints", type=_positive_int)
     resuming = output.add_mutually_exclusive_group()
     resuming.add_argument(
@@ -348,8 +378,28 @@ def train_parser() -> argparse.ArgumentParser:
         const="never",
         help="start from scratch; earlier checkpoints are moved to <output-dir>/checkpoints-replaced-<time>",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and the backends' start-up messages")
+    _show_config_defaults(parser)
     return parser
+
+
+def _show_config_defaults(parser: argparse.ArgumentParser) -> None:
+    """Adds `(default …)` to every flag of a `Config` field whose help does not name its default yet: the value of
+    the default preset, since unset flags keep the preset's (or --config's) value."""
+    from threedgan.config import PRESETS, Config
+
+    defaults = Config.from_preset(DEFAULT_PRESET).to_dict()
+    for action in parser._actions:
+        if action.dest not in defaults or action.help == argparse.SUPPRESS:
+            continue
+        help_text = action.help or ""
+        if "default" in help_text:
+            continue
+        value = defaults[action.dest]
+        shown = ",".join(value) if isinstance(value, list) else "none" if value is None else str(value)
+        note = f" in {DEFAULT_PRESET}" if any(action.dest in values for values in PRESETS.values()) else ""
+        help_text = f"{help_text} (default {shown}{note})" if help_text else f"default {shown}{note}"
+        action.help = help_text.replace("%", "%%")
 
 
 def config_from_train_arguments(arguments: argparse.Namespace):
@@ -458,6 +508,8 @@ def generate_main(argv=None) -> int:
     from threedgan import generate
 
     formats = generate.parse_formats(arguments.format)
+    # Before the generator is built: a file where the output folder goes, or a read-only one, fails now.
+    check_output_folder(arguments.output_dir, "--output-dir")
     model = generate.load_generator(arguments.weights, arguments.config_file)
     model.batch_statistics = arguments.batchnorm == "batch"
     options = dict(
@@ -472,13 +524,18 @@ def generate_main(argv=None) -> int:
         captions=not arguments.no_captions,
     )
     latents_path = arguments.latents or os.path.join(arguments.output_dir, generate.LATENTS_FILENAME)
-    if arguments.interpolate:
-        written = generate.interpolate(
-            model, *arguments.interpolate, steps=arguments.steps, slerp=arguments.slerp, latents_path=latents_path, **options
-        )
-    elif arguments.arithmetic:
-        written = generate.arithmetic(model, *arguments.arithmetic, latents_path=latents_path, **options)
-    else:
-        written = generate.sample(model, arguments.num, arguments.seed, grid=arguments.grid, **options)
+    try:
+        if arguments.interpolate:
+            written = generate.interpolate(
+                model, *arguments.interpolate, steps=arguments.steps, slerp=arguments.slerp, latents_path=latents_path, **options
+            )
+        elif arguments.arithmetic:
+            written = generate.arithmetic(model, *arguments.arithmetic, latents_path=latents_path, **options)
+        else:
+            written = generate.sample(model, arguments.num, arguments.seed, grid=arguments.grid, **options)
+    except OSError as error:
+        if error.filename is None and not isinstance(error, ThreedganError):
+            raise OSError(error.errno, f"{error.strerror or error} (writing outputs)", arguments.output_dir) from error
+        raise
     print(f"wrote {len(written)} files to {arguments.output_dir}")
     return 0

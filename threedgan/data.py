@@ -19,7 +19,7 @@ import re
 import time
 import zipfile
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import scipy.io
@@ -87,36 +87,33 @@ class VoxelDataset:
 
     def volumes64(self, indices=None) -> np.ndarray:
         """Unpacks and zooms the selected volumes to float32 (n, 64, 64, 64, 1), the networks' input."""
-        return upsample_numpy(self.volumes32(indices))
-
-    def index_batches(self, batch_size: int, rng: np.random.Generator, drop_remainder: bool = True) -> Iterator[np.ndarray]:
-        """Yields index arrays of `batch_size` in a fresh random order (one epoch)."""
-        order = rng.permutation(len(self))
-        stop = len(order) - (len(order) % batch_size if drop_remainder else 0)
-        for start in range(0, stop, batch_size):
-            yield order[start : start + batch_size]
+        return upsample(self.volumes32(indices))[..., None]
 
     def subset(self, indices) -> "VoxelDataset":
         indices = np.asarray(indices)
         return VoxelDataset(self.packed[indices], self.names[indices], self.labels[indices], list(self.category_names))
 
 
-def upsample_numpy(volumes32: np.ndarray) -> np.ndarray:
-    """Zooms (n, 32, 32, 32) 0/1 grids ×2 (nearest neighbour) to float32 (n, 64, 64, 64, 1)."""
-    volumes = np.asarray(volumes32, dtype=np.float32)
-    for axis in (1, 2, 3):
-        volumes = np.repeat(volumes, 2, axis=axis)
-    return volumes[..., None]
-
-
 def upsample(volumes32, dtype="float32"):
-    """`upsample_numpy` with `keras.ops`, so the ×8 larger 64³ batch is made on the accelerator, not sent to it."""
+    """Zooms (n, 32, 32, 32) 0/1 grids ×2 by voxel repetition (nearest neighbour, as the chapter's `scipy.ndimage.zoom`).
+
+    Args:
+        volumes32: a NumPy array, or a backend tensor inside the compiled training step (where the ×8 larger 64³ batch
+            is made on the accelerator instead of being sent to it).
+        dtype: the result's dtype (`"uint8"` keeps reference sets 4× smaller than float32).
+
+    Returns:
+        (n, 64, 64, 64) of the same kind as the input: NumPy in, NumPy out.
+    """
     import keras
 
-    volumes = keras.ops.cast(volumes32, dtype)
+    if isinstance(volumes32, np.ndarray):
+        volumes, repeat = volumes32.astype(dtype), np.repeat
+    else:
+        volumes, repeat = keras.ops.cast(volumes32, dtype), keras.ops.repeat
     for axis in (1, 2, 3):
-        volumes = keras.ops.repeat(volumes, 2, axis=axis)
-    return keras.ops.expand_dims(volumes, -1)
+        volumes = repeat(volumes, 2, axis=axis)
+    return volumes
 
 
 def unpack_and_upsample(packed, dtype="float32"):
@@ -130,7 +127,7 @@ def unpack_and_upsample(packed, dtype="float32"):
     # np.packbits is big-endian within a byte: the first voxel is the most significant bit.
     shifts = keras.ops.convert_to_tensor(np.arange(7, -1, -1, dtype=np.uint8))
     bits = keras.ops.bitwise_and(keras.ops.right_shift(keras.ops.expand_dims(packed, -1), shifts), 1)
-    return upsample(keras.ops.reshape(bits, (-1, PADDED_SIDE, PADDED_SIDE, PADDED_SIDE)), dtype)
+    return keras.ops.expand_dims(upsample(keras.ops.reshape(bits, (-1, PADDED_SIDE, PADDED_SIDE, PADDED_SIDE)), dtype), -1)
 
 
 # ----------------------------------------------------------------------------------------------------------- sources

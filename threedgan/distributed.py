@@ -3,7 +3,7 @@
 How it works: `setup_data_parallel(devices)` sets a global `keras.distribution.DataParallel` before the networks are
 built, so every variable (weights, BatchNorm statistics, Adam's moments) is created replicated on all devices. The
 trainer then places each global batch (real volumes and both latent batches) with `shard_batch`, split along the batch
-axis. `threedgan.backend_steps._JaxStep` is one `jax.jit` function; given replicated state and batch-sharded inputs,
+axis. The training step (`threedgan.training_step`) is one `jax.jit` function on JAX; given replicated state and batch-sharded inputs,
 XLA's SPMD partitioner turns it into one program per device that exchanges what the math needs:
 
 - Gradients: the losses are means over the *global* batch, so the partitioner all-reduces the per-device partial
@@ -21,7 +21,7 @@ So `--devices N` with `--batch-size B` trains the same model as one device with 
 volumes. The weights are gathered when saved, so the files are those of single-device training.
 
 TensorFlow (`setup_mirrored`, `tf.distribute.MirroredStrategy`): the trainer builds networks and optimizers under
-`strategy.scope()`, so their variables are mirrored; `threedgan.backend_steps._StatefulStep` sees the strategy and runs
+`strategy.scope()`, so their variables are mirrored; `threedgan.training_step.TrainStep` sees the strategy and runs
 each iteration with `strategy.run`, every replica on its `B / N` rows of the global batch. Each replica's loss is
 divided by N and Keras' TF optimizer (`apply` in a replica context) all-reduces the gradients by sum, so the update is
 the gradient of the mean over the global batch; the metrics are the replicas' mean. BatchNorm, however, is *per
@@ -82,7 +82,7 @@ def setup_mirrored(devices: Optional[int] = None):
     """TensorFlow: a `tf.distribute.MirroredStrategy` over the first `devices` GPUs (else logical CPUs).
 
     Build the networks and optimizers under its `scope()`: their variables are then mirrored on every replica and
-    `threedgan.backend_steps.make_train_step` runs each iteration with `strategy.run` on every replica's slice of the
+    `threedgan.training_step.make_train_step` runs each iteration with `strategy.run` on every replica's slice of the
     global batch (each replica's loss is scaled by 1/replicas; the optimizer all-reduces the gradients by sum).
 
     Raises:
@@ -105,13 +105,6 @@ def setup_mirrored(devices: Optional[int] = None):
 def replica_count(distribution) -> int:
     """How many replicas (devices) the distribution splits the batch over."""
     return int(distribution.device_mesh.devices.size)
-
-
-def check_batch_size(distribution, batch_size: int) -> None:
-    """Raises `ConfigError` unless `batch_size` splits evenly over the replicas."""
-    replicas = replica_count(distribution)
-    if batch_size % replicas:
-        raise ConfigError(f"batch size {batch_size} does not split over {replicas} devices; pass a multiple of {replicas}")
 
 
 def shard_batch(distribution, array):

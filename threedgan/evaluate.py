@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from threedgan.data import upsample
 from threedgan.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -50,18 +51,6 @@ DEFAULT_SVM_C = 0.001
 # ------------------------------------------------------------------------------------------------- sample quality
 
 
-def upsample_uint8(volumes32: np.ndarray) -> np.ndarray:
-    """Zooms (n, 32, 32, 32) 0/1 grids ×2 by voxel repetition to uint8 (n, 64, 64, 64).
-
-    The same zoom as `VoxelDataset.volumes64`, kept at one byte a voxel: a reference set is held 4× smaller than
-    as float32, and the metrics threshold it anyway.
-    """
-    volumes = np.asarray(volumes32, dtype=np.uint8)
-    for axis in (1, 2, 3):
-        volumes = np.repeat(volumes, 2, axis=axis)
-    return volumes
-
-
 def reference_volumes(
     category: str,
     data_dir: Optional[str],
@@ -80,7 +69,7 @@ def reference_volumes(
     dataset = load_dataset(
         data_dir, [category], split=split, rotations=rotations, max_samples=max_references, cache_dir=cache_dir
     )
-    return upsample_uint8(dataset.volumes32())
+    return upsample(dataset.volumes32(), "uint8")
 
 
 def generated_volumes(weights: str, count: int, seed: int = 0, batch_statistics: bool = True, config_path=None):
@@ -219,7 +208,7 @@ def evaluate_generator(
                 train, test_references = other, references
             else:  # the references are the training set; the held-out comparison needs the test split
                 train = load_dataset(data_dir, [category], split="train", rotations=rotations, cache_dir=cache_dir)
-                test_references = upsample_uint8(other.volumes32())
+                test_references = upsample(other.volumes32(), "uint8")
             results.update(
                 nearest_training_shapes(
                     samples, train, test_references, nearest_sheet, nearest_rows, nearest_k, nearest_order, threshold,
@@ -286,7 +275,7 @@ def training_ceiling(other_split, count, references, distances=DISTANCES, points
     count = min(int(count), len(other_split))
     chosen = np.linspace(0, len(other_split) - 1, count).round().astype(int)
     scores = evaluate_sets(
-        upsample_uint8(other_split.volumes32(chosen)), references, distances=distances, points=points, seed=seed
+        upsample(other_split.volumes32(chosen), "uint8"), references, distances=distances, points=points, seed=seed
     )
     keys = [f"{metric}_{distance}" for distance in distances for metric in ("mmd", "cov", "1nna")]
     ceiling = {f"ceiling_{key}": scores[key] for key in keys}
@@ -613,6 +602,15 @@ def load_discriminator(weights: Optional[str], config_path: Optional[str] = None
     from threedgan.models import build_discriminator
     from threedgan.weights import load_weights_h5
 
+    if weights is not None:
+        from threedgan.run_set import check_weights_file
+
+        if not os.path.exists(weights):
+            from threedgan.errors import WeightsError
+
+            raise WeightsError(f"weights file not found: {weights}")
+        # A final save killed between two files leaves weights and config of two runs: refuse the mix.
+        check_weights_file(weights)
     if config_path is None and weights is not None:
         beside = os.path.join(os.path.dirname(os.path.abspath(weights)), CONFIG_FILENAME)
         config_path = beside if os.path.exists(beside) else None
@@ -666,8 +664,9 @@ def classification_accuracy(
     from threedgan.data import list_categories, load_dataset
 
     if data_dir is not None and str(data_dir).endswith(".npz") and os.path.isfile(data_dir):
-        with np.load(data_dir, allow_pickle=False) as archive:
-            available = sorted({key[: -len("_train")] for key in archive.files if key.endswith("_train")})
+        from threedgan.safe_io import list_npz
+
+        available = sorted({key[: -len("_train")] for key in list_npz(data_dir, DataError, "packed slice") if key.endswith("_train")})
     else:
         available = list_categories(data_dir)
     names, missing = resolve_categories(categories, available)
@@ -705,9 +704,9 @@ def classification_accuracy(
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    from threedgan.cli import _positive_int
+    from threedgan.cli import MAX_SEED, ArgumentParser, _positive_float, _positive_int, bounded_int, probability
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="threedgan-evaluate",
         description="Measure a generator against a category's test shapes (MMD, COV, 1-NNA), or, with --classify, "
         "the discriminator's features with a linear SVM on ModelNet10/40 (the paper's section 4.2).",
@@ -721,9 +720,11 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=["train", "test"], default="test", help="reference split (default test)")
     parser.add_argument("--rotations", choices=["canonical", "all"], default="canonical", help="default canonical (_1)")
     parser.add_argument("--distances", default="iou,chamfer", help="comma-separated: iou, chamfer (default both)")
-    parser.add_argument("--points", type=_positive_int, default=2048, help="surface points per shape for Chamfer")
-    parser.add_argument("--seed", type=int, default=0, help="latent and surface-sampling seed (default 0)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="occupancy threshold (default 0.5)")
+    parser.add_argument(
+        "--points", type=bounded_int(1, 100_000), default=2048, help="surface points per shape for Chamfer (at most 100000)"
+    )
+    parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="latent and surface-sampling seed (default 0)")
+    parser.add_argument("--threshold", type=probability, default=0.5, help="occupancy threshold, in (0, 1) (default 0.5)")
     parser.add_argument(
         "--batchnorm", choices=["batch", "moving"], default="batch", help="generator BatchNorm statistics (default batch)"
     )
@@ -737,8 +738,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
         help="each sample beside its nearest training shapes by IoU (the paper's figure 3), with the distribution of "
         "samples' and test shapes' IoU with their nearest training shape; the numbers go in the table and JSON",
     )
-    nearest.add_argument("--nearest-rows", type=_positive_int, default=8, help="samples on the sheet (default 8)")
-    nearest.add_argument("--nearest-k", type=_positive_int, default=3, help="training shapes beside each (default 3)")
+    nearest.add_argument("--nearest-rows", type=bounded_int(1, 1024), default=8, help="samples on the sheet (default 8)")
+    nearest.add_argument("--nearest-k", type=bounded_int(1, 64), default=3, help="training shapes beside each (default 3)")
     nearest.add_argument(
         "--nearest-order",
         choices=["index", "closest"],
@@ -754,7 +755,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     classify.add_argument("--classify", choices=["modelnet10", "modelnet40"], help="SVM on the discriminator's features")
     classify.add_argument("--discriminator-weights", help="discriminator_weights.h5; 'random' for an untrained D")
     classify.add_argument("--max-per-split", type=_positive_int, help="use at most N volumes of each split")
-    classify.add_argument("--svm-c", type=float, default=DEFAULT_SVM_C, help=f"SVM regularisation (default {DEFAULT_SVM_C})")
+    classify.add_argument("--svm-c", type=_positive_float, default=DEFAULT_SVM_C, help=f"SVM regularisation (default {DEFAULT_SVM_C})")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -798,7 +799,17 @@ def _user_errors(main):
 @_user_errors
 def evaluate_main(argv=None) -> int:
     """`threedgan-evaluate` / `scripts/evaluate.py`."""
+    from threedgan.cli import check_output_folder
+
     arguments = evaluate_parser().parse_args(argv)
+    # Every place results go is checked before minutes of measuring: a file in the way fails now.
+    for flag, path in (("--json", arguments.json_path), ("--nearest-sheet", arguments.nearest_sheet), ("--figure", arguments.figure)):
+        if path:
+            if os.path.isdir(path):
+                raise ConfigError(f"{flag} {path} is a folder; pass a file name")
+            check_output_folder(os.path.dirname(os.path.abspath(path)), f"the folder of {flag}")
+    if arguments.logdir:
+        check_output_folder(arguments.logdir, "--logdir")
     if arguments.classify:
         if not arguments.discriminator_weights:
             raise ConfigError("--classify needs --discriminator-weights PATH (or 'random' for an untrained D)")

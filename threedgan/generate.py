@@ -29,6 +29,13 @@ MESH_FORMATS = ("stl", "obj", "ply")
 FORMATS = VOLUME_FORMATS + IMAGE_FORMATS + MESH_FORMATS + (PACKED_FORMAT,)
 PACKED_FILENAME = "samples.npz"
 LATENTS_FILENAME = "latents.npy"
+# Caps on files read back: a samples.npz may hold at most 4096 shapes of 64³ (1 GiB unpacked, 128 MiB packed), its
+# provenance a few KB; a latents file at most 256 MiB (over a million latents of 200). Larger declarations are
+# refused before anything is decompressed or allocated.
+MAX_PACKED_VOXELS = 4096 * 64**3
+MAX_PROVENANCE_BYTES = 4 << 20
+MAX_LATENTS_BYTES = 256 << 20
+MAX_LATENT_SEED = 2**32 - 1
 
 
 @dataclass
@@ -66,8 +73,19 @@ def load_generator(weights_path: str, config_path: str = None) -> LoadedGenerato
     from threedgan.models import configure_precision
     from threedgan.weights import load_weights_h5
 
+    from threedgan.run_set import check_weights_file
+
+    if os.path.isdir(weights_path):
+        # A run folder stands for its generator_weights.h5.
+        weights_path = os.path.join(weights_path, "generator_weights.h5")
     if not os.path.exists(weights_path):
-        raise WeightsError(f"weights file not found: {weights_path}")
+        from threedgan.checkpoint import newest_checkpoint_weights
+
+        newest = newest_checkpoint_weights(weights_path)
+        hint = f"; the run's newest checkpoint has its weights: pass --weights {newest}" if newest else ""
+        raise WeightsError(f"weights file not found: {weights_path}{hint}")
+    # A final save killed between two files leaves weights and config of two runs: refuse the mix before using it.
+    check_weights_file(weights_path)
     if config_path is None:
         config_path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), CONFIG_FILENAME)
         if not os.path.exists(config_path):
@@ -111,6 +129,8 @@ def latent_from(spec: str, config: Config, latents_path: Optional[str] = None) -
             number = int(value)
         except ValueError:
             raise ConfigError(f"latent {spec!r}: {kind}: takes an integer, e.g. {kind}:3") from None
+        if kind == "seed" and not 0 <= number <= MAX_LATENT_SEED:
+            raise ConfigError(f"latent {spec!r}: seeds run from 0 to {MAX_LATENT_SEED}")
         if kind == "seed":
             return sample_latents(1, config.z_size, config.z_stddev, seed=number)[0]
         if not latents_path:
@@ -132,16 +152,23 @@ def latent_from(spec: str, config: Config, latents_path: Optional[str] = None) -
 
 
 def _latent_row(path: str, index: int, config: Config, spec: str) -> np.ndarray:
-    try:
-        latents = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"latent {spec!r}: cannot read {path} ({error})".splitlines()[0]) from None
-    latents = latents.reshape(-1, latents.shape[-1]) if latents.ndim else latents
+    from threedgan.safe_io import load_npy
+
+    if not os.path.exists(path):
+        raise ConfigError(f"latent {spec!r}: {path} not found")
+    # A regular file whose header declares no more than a latents file may hold; never unpickled.
+    latents = load_npy(path, MAX_LATENTS_BYTES, ConfigError, what=f"latents file for {spec!r}")
+    if latents.dtype.kind not in "fiu":
+        raise ConfigError(f"{path}: expected real numbers, got a {latents.dtype} array")
+    latents = latents.reshape(-1, latents.shape[-1]) if latents.ndim and latents.shape[-1] else latents
     if latents.ndim != 2 or latents.shape[1] != config.z_size:
         raise ConfigError(f"{path}: expected latent vectors of length {config.z_size}, got shape {latents.shape}")
     if not 0 <= index < len(latents):
         raise ConfigError(f"{path}: no latent vector {index} (the file holds {len(latents)}: 0 to {len(latents) - 1})")
-    return latents[index].astype(np.float32)
+    row = latents[index].astype(np.float32)
+    if not np.isfinite(row).all():
+        raise ConfigError(f"{path}: latent vector {index} holds NaN or infinite values (or values beyond float32)")
+    return row
 
 
 def _short(spec: str) -> str:
@@ -258,16 +285,17 @@ def read_provenance(path: str) -> dict:
     Raises:
         ConfigError: the file is missing, unreadable, or its provenance is not JSON.
     """
+    from threedgan.safe_io import load_npz
+
+    contents = load_npz(path, MAX_PROVENANCE_BYTES, ConfigError, what="packed samples", names=["provenance"])
+    if "provenance" not in contents:
+        return {}
+    provenance = contents["provenance"]
+    if provenance.ndim != 0 or provenance.dtype.kind not in "US":
+        raise ConfigError(f"{path}: its provenance is a {provenance.dtype} array of shape {provenance.shape}, not a text")
     try:
-        with np.load(path, allow_pickle=False) as contents:
-            if "provenance" not in contents.files:
-                return {}
-            text = str(contents["provenance"])
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read packed samples {path}: {error}".splitlines()[0]) from None
-    try:
-        facts = json.loads(text)
-    except ValueError:
+        facts = json.loads(str(provenance))
+    except (ValueError, RecursionError):
         raise ConfigError(f"{path}: its provenance is not JSON") from None
     return facts if isinstance(facts, dict) else {}
 
@@ -294,12 +322,29 @@ def load_packed_samples(path: str) -> np.ndarray:
     Raises:
         ConfigError: the file is missing or not such a file.
     """
-    try:
-        with np.load(path, allow_pickle=False) as contents:
-            packed, shape = contents["packed"], tuple(int(n) for n in contents["shape"])
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"cannot read packed samples {path}: {error}".splitlines()[0]) from None
-    return np.unpackbits(packed, axis=1, count=int(np.prod(shape[1:]))).reshape(shape)
+    from threedgan.safe_io import load_npz
+
+    contents = load_npz(
+        path, MAX_PACKED_VOXELS // 8, ConfigError, what="packed samples", names=["packed", "shape"],
+        member_limits={"shape": 1024},
+    )
+    missing = [name for name in ("packed", "shape") if name not in contents]
+    if missing:
+        raise ConfigError(f"{path} is not a samples file from generate.py --format npz (no {' or '.join(missing)} array)")
+    packed, shape = contents["packed"], contents["shape"]
+    if shape.dtype.kind not in "iu" or shape.shape != (4,) or (shape < 1).any():
+        raise ConfigError(f"{path}: 'shape' must be 4 positive integers (count, D, H, W), got {shape.tolist()!r}")
+    shape = tuple(int(n) for n in shape)
+    voxels = shape[1] * shape[2] * shape[3]
+    if shape[0] * voxels > MAX_PACKED_VOXELS:
+        raise ConfigError(f"{path}: 'shape' {shape} declares more than {MAX_PACKED_VOXELS:,} voxels (4096 shapes of 64³)")
+    expected = (shape[0], -(-voxels // 8))
+    if packed.dtype != np.uint8 or packed.shape != expected:
+        raise ConfigError(
+            f"{path}: 'packed' is a {packed.dtype} array of shape {packed.shape}, but 'shape' {shape} needs uint8 "
+            f"{expected}"
+        )
+    return np.unpackbits(packed, axis=1, count=voxels).reshape(shape)
 
 
 def _generate(model: LoadedGenerator, latents: np.ndarray) -> np.ndarray:

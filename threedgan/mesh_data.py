@@ -988,11 +988,11 @@ def preview(path: str, options: VoxeliseOptions = VoxeliseOptions(), image_size:
     Raises:
         DataError: see `read_shape`.
     """
-    from threedgan.data import upsample_numpy
+    from threedgan.data import upsample
     from threedgan.render import _tile, render_volume
 
     grid32, info = voxelise_file(path, options)
-    volume64 = upsample_numpy(grid32[None])[0, ..., 0]
+    volume64 = upsample(grid32[None])[0]
     shape = read_shape(path)
     if shape[0] == "grid":
         left = render_volume(shape[1], image_size=image_size, color="#d69a6b")

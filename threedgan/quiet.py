@@ -78,10 +78,11 @@ def filtered_stderr(pattern=NOISE):
                 os.write(2, "".join(kept).encode("utf-8"))
 
 
-def quiet_startup(debug: bool = False) -> None:
+def quiet_startup(debug: bool = False, import_backends: bool = True) -> None:
     """Silences TensorFlow's and JAX's start-up chatter (see the module's description); with `debug`, does nothing.
 
     Call it first in an entry point, before anything imports TensorFlow or Keras. Settings the user made win.
+    `import_backends=False` only sets the variables (for `--help`, which should not wait for TensorFlow).
     """
     global _done
     if debug or _done:
@@ -91,7 +92,7 @@ def quiet_startup(debug: bool = False) -> None:
     for name in ("jax._src.xla_bridge", "absl"):
         if logging.getLogger(name).level == logging.NOTSET:
             logging.getLogger(name).setLevel(logging.WARNING)
-    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+    if not import_backends or "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
         return
     with filtered_stderr():
         try:

@@ -1,14 +1,24 @@
 """Training: the chapter's loop over epochs and batches, with an update step that names what it changes.
 
 `train(config)` loads the data, builds both networks and their Adam optimizers, and runs `config.epochs` epochs of
-shuffled batches. Each iteration is one `backend_steps` step (D on real, D on generated, G). Scalars go to
+shuffled batches. Each iteration is one `training_step` step (the recipe's D, R1, G and average phases). Scalars go to
 TensorBoard every `log_every_steps` iterations (fetched from the device in one go, so the accelerator never waits for
 the host), sample renders every `image_every_steps`, checkpoints every `checkpoint_every_steps`, and the weights plus
 `config.json` into `config.output_dir` at the end, as the chapter's `generated_volumes/`.
 
+Watching (see `threedgan.monitor`, `threedgan.progress`): shape metrics of fixed latents every
+`metrics_every_steps` (occupancy, mean pairwise IoU) and `set_metrics_every_steps` (MMD/COV/1-NNA against a slice
+of the training volumes) go to TensorBoard and `<output_dir>/metrics.jsonl`; sample meshes to the MESH tab every
+`mesh_every_steps`; the run's whole config as text and hparams. Progress shows epoch k/N and the ETA of the whole
+run, at least every 10 s even while one step is slow.
+
 Runs survive: a run finds the newest intact checkpoint in `<output_dir>/checkpoints/` and continues from it, with the
-same batches and latents it would have drawn (see `threedgan.checkpoint`); Ctrl-C or SIGTERM writes a checkpoint
-after the current step and exits; a non-finite loss stops training before any checkpoint could hold it.
+same batches and latents it would have drawn (see `threedgan.checkpoint`). Checkpoints come every
+`checkpoint_every_steps` and every `checkpoint_every_minutes` of wall-clock time (the first after at most a
+minute). Ctrl-C or SIGTERM says "stopping after this step" at once, then after the step writes a checkpoint and
+the top-level weights and `config.json` (what `generate.py --weights <output_dir>/generator_weights.h5` reads) and
+exits with 128 + the signal's number; a second signal only skips sample images and metrics. A non-finite loss stops
+training before any checkpoint could hold it.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import functools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +52,7 @@ from threedgan.data import VoxelDataset, load_config_dataset
 from threedgan.distributed import replicate, setup_data_parallel, setup_mirrored, shard_batch
 from threedgan.errors import ConfigError, TrainingError, WeightsError
 from threedgan.latent import sample_latents
+from threedgan.monitor import MetricsLog, TrainingMetrics, record_markdown, run_record, tensorboard_mesh
 from threedgan.models import (
     accelerator_present,
     build_discriminator,
@@ -48,6 +60,7 @@ from threedgan.models import (
     configure_precision,
     generate_volumes,
 )
+from threedgan.progress import Progress, device_description, format_duration, format_step_time
 from threedgan.training_step import Recipe, make_train_step
 from threedgan.weights import save_weights_h5
 
@@ -62,6 +75,15 @@ RESUME_MODES = ("auto", "require", "never")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # `epoch_totals` holds each metric's sum and, under this prefix, how many steps reported it.
 COUNT_PREFIX = "count/"
+# The first clock checkpoint of a session comes after at most this long, so that a run killed early resumes.
+FIRST_CHECKPOINT_SECONDS = 60.0
+# The command to train on a GPU instead, for the CPU warning (README "Get running" and "Speed").
+GPU_COMMAND = 'pip install keras "jax[cuda12]", then KERAS_BACKEND=jax python scripts/train.py with the same flags'
+
+
+class _SkipOptionalWork(BaseException):
+    """Raised by the stop-signal handler inside sample images or metrics, which a stopping run does without (a
+    BaseException, as KeyboardInterrupt, so that no `except Exception` on the way swallows it)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -121,12 +143,13 @@ class Gan:
         return self.generator_average if self.generator_average is not None else self.generator
 
     def save_weights(self, directory: str) -> None:
-        """Writes the sampling generator's and D's weights (legacy HDF5 layout) and `config.json` into `directory`."""
+        """Writes the sampling generator's and D's weights (legacy HDF5 layout) and `config.json` into `directory`
+        as one set, with a manifest, so that a process killed between two files leaves a mix that generate and
+        evaluate refuse rather than use (see `threedgan.run_set`)."""
+        from threedgan.run_set import write_final_set
+
         self.step.sync_variables()
-        os.makedirs(directory, exist_ok=True)
-        save_weights_h5(self.sampling_generator, os.path.join(directory, GENERATOR_WEIGHTS))
-        save_weights_h5(self.discriminator, os.path.join(directory, DISCRIMINATOR_WEIGHTS))
-        self.config.save(directory)
+        write_final_set(directory, self.sampling_generator, self.discriminator, self.config)
 
 
 class Trainer:
@@ -188,6 +211,18 @@ class Trainer:
         self.checkpoints = CheckpointFolder(os.path.join(config.output_dir, CHECKPOINT_FOLDER), config.keep_checkpoints)
         self.last_checkpoint = None  # (path, step) of the newest checkpoint written or resumed from
         self.stop_signal = None  # set by a signal handler, honoured between steps
+        self._optional_work = False  # inside sample images or metrics, which a stop signal cuts short
+        self.signals_received = 0
+        self.metrics = TrainingMetrics(config, self.dataset)
+        self.metrics_log = None
+        self.progress = None
+        self.device = None
+        self._session_steps = 0  # steps done by this process
+        self._session_start_step = 0
+        self._checkpoint_clock = None  # monotonic time of this session's start or its last checkpoint
+        self._clock_checkpoints = 0  # checkpoints written by this session
+        self._estimate_reported = False
+        self._last_metrics_step = None
         self.run_name = config.run_name or time.strftime(f"{'-'.join(config.categories)}-%Y%m%d-%H%M%S")
         self.run_logdir = os.path.join(config.logdir, self.run_name)
         # Fixed latents for the images in TensorBoard, so successive images show the same shapes improving.
@@ -227,40 +262,89 @@ class Trainer:
         os.makedirs(config.output_dir, exist_ok=True)
         with exclusive_use(config.output_dir):
             self._start_or_resume()
+            self.device = device_description()
+            total_steps = self._total_steps()
             logger.info(
-                "training on %d volumes, %d batches of %d per epoch, backend %s, %s",
+                "training on %s, backend %s, %s: %d volumes, %d steps of %d an epoch × %d epochs = %s steps%s",
+                self.device,
+                keras.backend.backend(),
+                self.precision,
                 len(self.dataset),
                 self.batches_per_epoch,
                 config.batch_size,
-                keras.backend.backend(),
-                self.precision,
+                config.epochs,
+                f"{total_steps:,}",
+                f" (from step {self.step_count:,})" if self.step_count else "",
             )
+            if not accelerator_present():
+                logger.warning(
+                    "training on the CPU: fine for tests and smoke runs, far too slow for real training (about a "
+                    "minute a step at batch 32 on 2 cores); on an NVIDIA GPU: %s", GPU_COMMAND,
+                )
             if keras.backend.backend() == "torch" and accelerator_present():
                 logger.info("hint: on an H100 the JAX backend (KERAS_BACKEND=jax) ran this step 5x faster; README 'Speed'")
+            self.metrics_log = MetricsLog(config.output_dir, self.run_name)
+            if self.step_count and self.metrics_log.drop_after(self.step_count):
+                logger.info("dropped the lines of %s past step %d: they are measured again", self.metrics_log.path, self.step_count)
             started = time.perf_counter()
+            self._checkpoint_clock = time.monotonic()
+            self._session_start_step = self.step_count
+            self.progress = Progress(
+                total_steps,
+                self.batches_per_epoch,
+                config.epochs,
+                start_step=self.step_count,
+                time_budget_seconds=60 * config.time_budget_minutes if config.time_budget_minutes else None,
+            )
             with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals():
                 self._write_graphs()
-                while self.epoch < config.epochs and not self._budget_spent(started):
-                    self._train_epoch(writer, started)
+                self._write_run_record(writer)
+                self.progress.start()
+                try:
+                    while self.epoch < config.epochs and not self._budget_spent(started):
+                        self._train_epoch(writer, started)
+                finally:
+                    self.progress.close()
                 if self.epoch < config.epochs:
                     logger.info("stopping at step %d: max_steps or time budget reached", self.step_count)
-                self._log_images(writer)
-            if config.checkpoint_every_steps and self._steps_since_checkpoint():
+                self._log_images(writer, meshes=bool(config.mesh_every_steps))
+                if self.metrics.enabled and self._last_metrics_step != self.step_count:
+                    self._log_metrics(writer, with_set_metrics=bool(config.set_metrics_every_steps))
+                self._report_metrics_cost(started)
+            if self._checkpoints_on() and self._steps_since_checkpoint():
                 self._save_checkpoint()
-            # config.json is written only here, beside the weights it describes: a run that fails or is stopped
-            # leaves an earlier run's weights and config in the output folder as they were.
+            # config.json is written only here and by a stop signal (`_stop`), beside the weights it describes: a run
+            # that fails leaves an earlier run's weights and config in the output folder as they were.
             self.gan.save_weights(config.output_dir)
         logger.info("wrote %s, %s and config.json to %s", GENERATOR_WEIGHTS, DISCRIMINATOR_WEIGHTS, config.output_dir)
         return self.epoch_metrics
 
     def _write_graphs(self) -> None:
         """Each network's graph in its own run folder (`<run>/graph_generator`, `<run>/graph_discriminator`):
-        TensorBoard keeps one graph per run folder, so two in one folder would hide the first."""
+        TensorBoard keeps one graph per run folder, so two in one folder would hide the first. Only where the
+        backend has graphs (TensorFlow), so JAX and PyTorch runs get no empty graph runs, and once per run folder
+        (a resumed run's graphs are already there)."""
         from threedgan.tensorboard_writer import SummaryWriter
 
+        if not SummaryWriter.graphs_supported():
+            return
         for model in (self.gan.generator, self.gan.discriminator):
-            with SummaryWriter(os.path.join(self.run_logdir, f"graph_{model.name}")) as graph_writer:
+            folder = os.path.join(self.run_logdir, f"graph_{model.name}")
+            if os.path.isdir(folder) and any(name.startswith("events.out.tfevents") for name in os.listdir(folder)):
+                continue
+            with SummaryWriter(folder) as graph_writer:
                 graph_writer.graph(model)
+
+    def _write_run_record(self, writer) -> None:
+        """The whole config plus backend, precision, device and versions, as TensorBoard text and hparams."""
+        record = run_record(self.config, self.precision, self.device)
+        writer.text("config", record_markdown(record), self.step_count)
+        writer.hparams(record)
+        writer.flush()
+
+    def _total_steps(self) -> int:
+        total = self.config.epochs * self.batches_per_epoch
+        return min(total, self.config.max_steps) if self.config.max_steps is not None else total
 
     def _budget_spent(self, started: float) -> bool:
         """Whether `max_steps` (counted over the whole run) or this session's time budget is used up."""
@@ -276,7 +360,6 @@ class Trainer:
             # Drawn here, not in the data set: the order is part of the run's state, so a resumed run sees the same batches.
             self.epoch_order = self.rng.permutation(len(self.dataset))
             self.batch_index, self.epoch_totals = 0, {}
-        progress = keras.utils.Progbar(self.batches_per_epoch, stateful_metrics=["g_loss", "d_loss", "d_acc"])
         pending = []
         while True:
             start = self.batch_index * config.batch_size
@@ -289,28 +372,49 @@ class Trainer:
             pending.append(self.gan.step(*batch))
             self.step_count += 1
             self.batch_index += 1
+            self._session_steps += 1
+            self.progress.step_done(self.step_count, self.epoch, self.batch_index)
             last_batch = self.batch_index == self.batches_per_epoch
             budget_spent = self._budget_spent(started)
-            checkpoint_due = bool(config.checkpoint_every_steps) and self.step_count % config.checkpoint_every_steps == 0
+            checkpoint_due = (
+                bool(config.checkpoint_every_steps) and self.step_count % config.checkpoint_every_steps == 0
+            ) or self._checkpoint_clock_due()
+            images_due = bool(config.image_every_steps) and self.step_count % config.image_every_steps == 0
+            meshes_due = bool(config.mesh_every_steps) and self.step_count % config.mesh_every_steps == 0
+            metrics_due, set_metrics_due = self.metrics.due(self.step_count)
             stopping = self.stop_signal is not None
-            if len(pending) >= self.log_every_steps or last_batch or budget_spent or checkpoint_due or stopping:
+            # This session's first two steps are fetched at once: their times give the start-up estimate.
+            if (
+                len(pending) >= self.log_every_steps
+                or last_batch
+                or budget_spent
+                or checkpoint_due
+                or stopping
+                or self._session_steps <= 2
+                or images_due
+                or meshes_due
+                or metrics_due
+            ):
                 # Losses are checked before a checkpoint is written, so no checkpoint ever holds a diverged state.
-                self._record(pending, writer, progress)
+                self._record(pending, writer)
                 pending = []
-            if config.image_every_steps and self.step_count % config.image_every_steps == 0:
-                self._log_images(writer)
+            # A stopping run skips sample images and metrics: the signal takes effect after this step.
+            if (images_due or meshes_due) and self.stop_signal is None:
+                self._log_images(writer, images=images_due, meshes=meshes_due)
+            if metrics_due and self.stop_signal is None:
+                self._log_metrics(writer, with_set_metrics=set_metrics_due)
             if last_batch:
                 self._end_epoch(writer)
             elif budget_spent:
                 self._report_partial_epoch(writer)
             if checkpoint_due:
                 self._save_checkpoint()
-            if stopping:
+            if self.stop_signal is not None:
                 self._stop()
             if last_batch or budget_spent:
                 return
 
-    def _record(self, pending, writer, progress) -> None:
+    def _record(self, pending, writer) -> None:
         for offset, metrics in enumerate(self._fetch(pending)):
             step = self.step_count - len(pending) + offset + 1
             writer.scalars(metrics, step, prefix="step/")
@@ -318,10 +422,27 @@ class Trainer:
                 self.epoch_totals[name] = self.epoch_totals.get(name, 0.0) + value
                 # Counted, since not every step reports every metric (R1).
                 self.epoch_totals[COUNT_PREFIX + name] = self.epoch_totals.get(COUNT_PREFIX + name, 0.0) + 1
-        progress.update(
-            self.batch_index,
-            [("g_loss", metrics["g_loss"]), ("d_loss", metrics["d_loss"]), ("d_acc", metrics["d_accuracy"])],
+        self.progress.synced(self.step_count, metrics)
+        if not self._estimate_reported and (self._session_steps >= 2 or self.step_count >= self._total_steps()):
+            self._estimate_reported = True
+            self._report_estimate()
+
+    def _report_estimate(self) -> None:
+        """The start-up line, once this session's first two steps are timed: first step, step time, total."""
+        progress = self.progress
+        remaining = progress.remaining_seconds()
+        elapsed = time.monotonic() - progress.started
+        steps_left = max(0, self._total_steps() - self.step_count)
+        text = (
+            f"first step {format_step_time(progress.first_step_seconds)} (compilation included), then "
+            f"{format_step_time(progress.seconds_per_step())} a step: {steps_left:,} steps to go, "
+            f"estimated total {format_duration(None if remaining is None else elapsed + remaining)}"
+            + (" (time budget)" if self.config.time_budget_minutes else "")
         )
+        if accelerator_present():
+            logger.info("%s on %s", text, self.device)
+        else:
+            logger.warning("%s on the CPU: CPUs are for tests and smoke runs; on an NVIDIA GPU: %s", text, GPU_COMMAND)
 
     def _report_partial_epoch(self, writer) -> None:
         """The budget ended training mid-epoch: report the means of the batches done, as if the epoch ended there.
@@ -340,6 +461,7 @@ class Trainer:
 
     def _end_epoch(self, writer) -> None:
         self.epoch += 1
+        self.progress.end_epoch(self.epoch)
         self.epoch_metrics = self._epoch_means()
         writer.scalars(self.epoch_metrics, self.epoch, prefix="epoch/")
         self.history.append(self.epoch_metrics)
@@ -426,49 +548,146 @@ class Trainer:
         except TrainingError as error:
             raise TrainingError(f"{error}; {self._last_checkpoint_text()}") from None
         self.last_checkpoint = (path, self.step_count)
-        logger.debug("wrote checkpoint %s", path)
+        now = time.monotonic()
+        since = now - self._checkpoint_clock if self._checkpoint_clock is not None else None
+        # A line for each, except when step checkpoints come often (then only in --debug).
+        level = logging.INFO if since is None or since >= 30 or self._clock_checkpoints == 0 else logging.DEBUG
+        logger.log(level, "wrote checkpoint %s (step %d)", path, self.step_count)
+        self._checkpoint_clock = now
+        self._clock_checkpoints += 1
         return path
+
+    def _checkpoints_on(self) -> bool:
+        return bool(self.config.checkpoint_every_steps or self.config.checkpoint_every_minutes)
+
+    def _checkpoint_clock_due(self) -> bool:
+        """Whether `checkpoint_every_minutes` have passed since the last checkpoint (this session's first: at most
+        `FIRST_CHECKPOINT_SECONDS` after its start)."""
+        minutes = self.config.checkpoint_every_minutes
+        if not minutes or self._checkpoint_clock is None:
+            return False
+        interval = 60.0 * minutes
+        if self._clock_checkpoints == 0:
+            interval = min(interval, FIRST_CHECKPOINT_SECONDS)
+        return time.monotonic() - self._checkpoint_clock >= interval
 
     def _last_checkpoint_text(self) -> str:
         if self.last_checkpoint is None:
-            return "no checkpoint was written" + ("" if self.config.checkpoint_every_steps else " (checkpoints are off)")
+            return "no checkpoint was written" + ("" if self._checkpoints_on() else " (checkpoints are off)")
         return f"the last good checkpoint is {self.last_checkpoint[0]} (step {self.last_checkpoint[1]})"
 
     def _stop(self) -> None:
-        """Honours a stop signal between two steps: writes a checkpoint, then raises `TrainingInterrupted`."""
+        """Honours a stop signal between two steps: writes a checkpoint and the top-level weights and config (what
+        `generate.py --weights <output_dir>/generator_weights.h5` reads), then raises `TrainingInterrupted`."""
         signal_name = signal.Signals(self.stop_signal).name
-        if not self.config.checkpoint_every_steps:
-            saved = "checkpoints are off (--checkpoint-every-steps 0), so nothing was saved"
+        self.progress.set_status("writing the checkpoint and weights")
+        if not self._checkpoints_on():
+            saved = "checkpoints are off (--checkpoint-every-steps 0 --checkpoint-every-minutes 0), so it cannot resume"
         else:
             if self._steps_since_checkpoint():
                 self._save_checkpoint()
             saved = f"checkpoint in {self.last_checkpoint[0]}; run the same command again to resume"
-        raise TrainingInterrupted(f"interrupted by {signal_name} after step {self.step_count}: {saved}", self.stop_signal)
+        weights = os.path.join(self.config.output_dir, GENERATOR_WEIGHTS)
+        self.gan.save_weights(self.config.output_dir)
+        raise TrainingInterrupted(
+            f"interrupted by {signal_name} after step {self.step_count}: {saved}; the weights of step "
+            f"{self.step_count} are in {weights} (python scripts/generate.py --weights {weights})",
+            self.stop_signal,
+        )
 
     @contextlib.contextmanager
     def _deferred_stop_signals(self):
         """Turns Ctrl-C and SIGTERM into a request that the loop honours after the current step.
 
         Stopping inside a step could leave the variables one step ahead of the step count; between steps, the
-        checkpoint describes the state exactly. A second signal stops at once, without a checkpoint. Only the main
-        thread may install signal handlers; elsewhere signals keep their usual effect.
+        checkpoint describes the state exactly. Sample images and metrics in progress are cut short. Further
+        signals change nothing but the message: the run still writes its checkpoint and weights, and exits with
+        128 + the first signal's number (SIGKILL is the way to abandon them).
+
+        The message comes at once, even while a long step holds the main thread (where Python runs signal
+        handlers): the signal's number also goes to a pipe (`signal.set_wakeup_fd`) that a thread reads. Only the
+        main thread may install signal handlers; elsewhere signals keep their usual effect.
         """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        announced_by_thread = False
 
         def request_stop(signal_number, frame):
-            if self.stop_signal is not None:
-                raise KeyboardInterrupt
-            self.stop_signal = signal_number
+            if self.stop_signal is None:
+                self.stop_signal = signal_number
+            if not announced_by_thread:
+                self.signals_received += 1
+                self._announce_signal(signal_number, self.signals_received)
+            if self._optional_work:
+                self._optional_work = False
+                raise _SkipOptionalWork
 
         previous = {number: signal.signal(number, request_stop) for number in STOP_SIGNALS}
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        watcher = None
+        try:
+            previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            previous_wakeup = None
+        else:
+            announced_by_thread = True
+            watcher = threading.Thread(target=self._watch_signals, args=(read_end,), name="threedgan-signals", daemon=True)
+            watcher.start()
         try:
             yield
         finally:
             for number, handler in previous.items():
                 if handler is not None:
                     signal.signal(number, handler)
+            if previous_wakeup is not None:
+                signal.set_wakeup_fd(previous_wakeup)
+            os.close(write_end)  # the watcher reads what is left, then the end of the pipe
+            if watcher is not None:
+                watcher.join(timeout=10)
+            os.close(read_end)
+
+    def _watch_signals(self, read_end: int) -> None:
+        """Announces each stop signal as it arrives (see `_deferred_stop_signals`)."""
+        stop_numbers = {int(number) for number in STOP_SIGNALS}
+        while True:
+            try:
+                data = os.read(read_end, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for number in data:
+                if number in stop_numbers:
+                    self.signals_received += 1
+                    self._announce_signal(number, self.signals_received)
+
+    def _announce_signal(self, signal_number: int, count: int) -> None:
+        name = signal.Signals(signal_number).name
+        running = self.step_count + 1
+        if count == 1:
+            logger.warning(
+                "%s: stopping after this step (step %d), then writing a checkpoint and %s, %s and config.json to %s",
+                name, running, GENERATOR_WEIGHTS, DISCRIMINATOR_WEIGHTS, self.config.output_dir,
+            )
+        else:
+            since = f"step {self.last_checkpoint[1]}" if self.last_checkpoint else "the start"
+            logger.warning(
+                "%s again: already stopping after step %d, skipping images and metrics; the checkpoint and weights "
+                "are still written (SIGKILL abandons them and loses the steps since %s)", name, running, since,
+            )
+
+    @contextlib.contextmanager
+    def _optional(self, what: str):
+        """Runs sample images or metrics so that a stop signal cuts them short (they are not needed to resume)."""
+        self._optional_work = True
+        try:
+            yield
+        except _SkipOptionalWork:
+            logger.info("skipped the %s of step %d: stopping", what, self.step_count)
+        finally:
+            self._optional_work = False
 
     def _fetch(self, pending):
         """Moves a list of per-step metric dicts to the host in one transfer and checks the losses are finite."""
@@ -487,12 +706,50 @@ class Trainer:
                 )
         return rows
 
-    def _log_images(self, writer) -> None:
+    def _log_images(self, writer, images: bool = True, meshes: bool = False) -> None:
+        """Sample renders (`samples`) and meshes (`mesh/sample_N`, the MESH tab) of the fixed image latents."""
         from threedgan.render import render_grid
 
-        self.gan.step.sync_variables()
-        volumes = generate_volumes(self.gan.sampling_generator, self.image_latents, self.config.batch_size)
-        writer.image("samples", render_grid(volumes, image_size=128), self.step_count)
+        if self.stop_signal is not None:
+            return
+        with self._optional("sample images"):
+            self.progress.set_status("sample images")
+            self.gan.step.sync_variables()
+            volumes = generate_volumes(self.gan.sampling_generator, self.image_latents, self.config.batch_size)
+            if images:
+                writer.image("samples", render_grid(volumes, image_size=128), self.step_count)
+            if meshes:
+                for index, volume in enumerate(volumes):
+                    mesh = tensorboard_mesh(volume)
+                    if mesh is not None:
+                        vertices, faces, colors = mesh
+                        writer.mesh(f"mesh/sample_{index}", vertices, faces, self.step_count, colors=colors)
+        self.progress.set_status("")
+
+    def _log_metrics(self, writer, with_set_metrics: bool) -> None:
+        """Shape metrics of the fixed metric latents to TensorBoard (`metrics/*`) and `metrics.jsonl`."""
+        if self.stop_signal is not None:
+            return
+        with self._optional("metrics"):
+            self.progress.set_status("metrics")
+            self.gan.step.sync_variables()
+            results = self.metrics.evaluate(self.gan.sampling_generator, with_set_metrics)
+            scalars = {name: value for name, value in results.items() if name not in ("samples", "references")}
+            writer.scalars(scalars, self.step_count, prefix="metrics/")
+            self.metrics_log.append(self.step_count, self.epoch, results)
+            self._last_metrics_step = self.step_count
+        self.progress.set_status("")
+
+    def _report_metrics_cost(self, started: float) -> None:
+        if self.metrics.evaluations:
+            elapsed = time.perf_counter() - started
+            logger.info(
+                "metrics: %d evaluations, %.2f s each, %.1f %% of this session's %s",
+                self.metrics.evaluations,
+                self.metrics.seconds / self.metrics.evaluations,
+                100.0 * self.metrics.seconds / max(elapsed, 1e-9),
+                format_duration(elapsed),
+            )
 
 
 def train(config: Config, dataset: Optional[VoxelDataset] = None, resume: str = "auto") -> dict:

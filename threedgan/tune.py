@@ -64,6 +64,7 @@ TRIALS_FILENAME = "trials.json"
 BEST_CONFIG_FILENAME = "best_config.json"
 TRIALS_FORMAT = "threedgan-tune-trials"
 TRIALS_FORMAT_VERSION = 1
+MAX_TRIALS_FILE_BYTES = 64 << 20
 SCORE_METRICS = ("loss", "1nna_iou", "cov_iou", "mmd_iou")
 
 
@@ -422,10 +423,12 @@ def read_trials_file(path: str) -> dict:
     Raises:
         ConfigError: the file is not JSON or not a trials file, or its records are malformed.
     """
+    from threedgan.safe_io import read_regular_file
+
     try:
-        with open(path) as handle:
-            contents = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        # A regular file (never a FIFO or a device) of at most 64 MiB: about 100,000 trials.
+        contents = json.loads(read_regular_file(path, MAX_TRIALS_FILE_BYTES, ConfigError, what="trials file").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ConfigError(f"cannot read trials file {path}: {error}") from None
     if not isinstance(contents, dict) or contents.get("format") != TRIALS_FORMAT:
         raise ConfigError(f"{path} is not a threedgan trials file")
@@ -450,7 +453,49 @@ def read_trials_file(path: str) -> dict:
         )
         if not valid:
             raise ConfigError(f"{path}: trial record {position} is malformed (trial ids must run 0, 1, 2, ...)")
+        problem = _record_problem(record)
+        if problem:
+            raise ConfigError(f"{path}: trial record {position}: {problem}")
     return contents
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_problem(record: dict) -> Optional[str]:
+    """What is wrong with a trial record's numbers and types beyond its layout, or `None`.
+
+    Hyperopt's values and the loss must be finite numbers (TPE would model NaN as a value), the parameters must be
+    what `Config` accepts (they go through its typed validation) and the metrics numbers, booleans or `null`.
+    """
+    for label, value in record["vals"].items():
+        if not math.isfinite(value):
+            return f"value {label} = {value!r} is not a finite number"
+        if label in ("batch_size", "discriminator_update") and not isinstance(value, int):
+            return f"value {label} = {value!r} must be an integer choice index"
+    result = record["result"]
+    if not _is_finite_number(result["loss"]):
+        return f"loss {result['loss']!r} is not a finite number"
+    params = result["params"]
+    try:
+        Config(**params)
+    except ConfigError as error:
+        return f"its parameters are invalid ({error})"
+    except TypeError as error:
+        return f"its parameters are invalid ({error})"
+    for name, value in result["metrics"].items():
+        if name == "error" and isinstance(value, str):
+            continue
+        if not (value is None or isinstance(value, bool) or _is_finite_number(value)):
+            return f"metric {name} = {value!r} is not a finite number, a boolean or null"
+    origin = result.get("origin", "search")
+    if not isinstance(origin, str) or origin not in ("search",) + tuple(PRESETS):
+        return f"origin {origin!r} is not 'search' or a preset"
+    for name in ("book_time", "refresh_time"):
+        if record.get(name) is not None and not isinstance(record.get(name), str):
+            return f"{name} {record.get(name)!r} is not a time"
+    return None
 
 
 def trials_from_records(records: Sequence[dict]) -> Trials:
@@ -801,9 +846,9 @@ def _write_best_config(base_config: Config, records, output_dir: str) -> str:
 
 
 def tune_parser() -> argparse.ArgumentParser:
-    from threedgan.cli import _positive_float, _positive_int
+    from threedgan.cli import MAX_SEED, ArgumentParser, _positive_float, _positive_int, bounded_int
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="threedgan-tune",
         description=(
             "Search the training recipe with Hyperopt (TPE). Each trial trains briefly and is scored by "
@@ -829,7 +874,7 @@ def tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--startup-trials", type=_positive_int, default=10, help="random trials before TPE models (default 10)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="book", help="starting point for fields not searched")
     parser.add_argument("--rotations", choices=["all", "canonical"], default="all")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=bounded_int(0, MAX_SEED - 1), default=0)
     parser.add_argument("--precision", dest="mixed_precision", choices=["auto", "bfloat16", "float32"], default="auto")
     parser.add_argument("--cache-dir", help="where parsed data is cached (default ~/.cache/threedgan)")
     parser.add_argument("--output-dir", help="trials.json, best_config.json, trial weights (default tune/<category>)")
@@ -852,6 +897,11 @@ def _tune_main(argv) -> int:
         cache_dir=arguments.cache_dir,
     )
     output_dir = arguments.output_dir or os.path.join("tune", "-".join(arguments.categories))
+    from threedgan.cli import check_output_folder
+
+    # Before any data is read or a trial trained: folders that cannot be written fail now.
+    check_output_folder(output_dir, "--output-dir")
+    check_output_folder(arguments.logdir or os.path.join(output_dir, "logs"), "--logdir")
     result = run_search(
         base_config,
         max_evals=arguments.max_evals,

@@ -69,9 +69,13 @@ def save_weights_h5(model, path):
         os.umask(umask)
         os.chmod(temporary_path, 0o666 & ~umask)
         os.replace(temporary_path, path_string)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary_path):
             os.remove(temporary_path)
+        if isinstance(error, OSError) and error.filename is None:
+            # h5py's errors (a full disk, say) carry no path: name the file being written.
+            reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+            raise OSError(error.errno, f"cannot write weights ({reason})", path_string) from error
         raise
     return path
 
@@ -114,7 +118,13 @@ def load_weights_h5(model, path, by_name=False):
             stored = _read_stored_shapes(file, path_string)
     except OSError as error:
         raise WeightsError(f"weights file {path_string} cannot be read: {error}") from error
-    _check_compatible(model, stored, path_string, by_name)
+    checked_layers = _check_compatible(model, stored, path_string, by_name)
+    # Only after the shapes fit (so reading is bounded by the model's size): every value must be a finite real.
+    try:
+        with h5py.File(path_string, "r") as file:
+            _check_values(file, checked_layers, path_string)
+    except OSError as error:
+        raise WeightsError(f"weights file {path_string} cannot be read: {error}") from error
     try:
         if by_name:
             model.load_weights(path_string, by_name=True)
@@ -264,6 +274,27 @@ def _check_compatible(model, stored, path_string, by_name):
                 f"shapes {_format_shapes(expected_shapes)} but the file's layer {file_name} holds "
                 f"{_format_shapes(stored_shapes)}"
             )
+    return [file_name for _, file_name, _, _ in pairs]
+
+
+def _check_values(file, layer_names, path_string):
+    """Refuses weights that are not finite real numbers (NaN, infinity, complex, strings), naming the dataset."""
+    if _read_name_list(file, "layer_names") is None and "model_weights" in file:
+        file = file["model_weights"]
+    for layer_name in layer_names:
+        group = file[layer_name]
+        for weight_name in _read_name_list(group, "weight_names") or []:
+            dataset = group[weight_name]
+            kind = dataset.dtype.kind
+            if kind == "c":
+                raise WeightsError(f"weights file {path_string}: {layer_name}/{weight_name} holds complex values")
+            if kind not in "fiub":
+                raise WeightsError(f"weights file {path_string}: {layer_name}/{weight_name} holds {dataset.dtype} values, not numbers")
+            if kind == "f" and not np.isfinite(dataset[()]).all():
+                raise WeightsError(
+                    f"weights file {path_string}: {layer_name}/{weight_name} holds NaN or infinite values; "
+                    "use an earlier checkpoint's weights"
+                )
 
 
 def _format_shapes(shapes):
