@@ -205,8 +205,9 @@ def main(argv=None):
     parser.add_argument("--data-format", nargs="+", default=["auto"], choices=DATA_FORMAT_CHOICES)
     parser.add_argument("--deconvolution", nargs="+", default=["auto"], choices=DECONVOLUTION_CHOICES)
     parser.add_argument("--first-convolution", nargs="+", default=["auto"], choices=FIRST_CONVOLUTION_CHOICES)
-    parser.add_argument("--recipe", nargs="+", default=list(RECIPE_PRESETS), choices=list(RECIPE_PRESETS),
-                        help="chapter: the book's iteration; stable: the default r1-ema recipe (R1 share counted)")
+    parser.add_argument("--recipe", nargs="+", default=None, choices=list(RECIPE_PRESETS),
+                        help="chapter: the book's iteration; stable: the default r1-ema recipe (R1 share counted); "
+                        "default both (--cpu: stable)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -219,6 +220,8 @@ def main(argv=None):
     if arguments.cpu:
         arguments.batch, arguments.iters, arguments.warmup = 2, 2, 0
         arguments.precision = arguments.precision or ["float32"]
+        arguments.recipe = arguments.recipe or ["stable"]
+    arguments.recipe = arguments.recipe or list(RECIPE_PRESETS)
     results = []
     if not arguments.skip_step:
         for recipe, precision in ((r, p) for r in arguments.recipe for p in arguments.precision or ["bfloat16", "float32"]):

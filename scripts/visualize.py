@@ -8,6 +8,7 @@ Examples:
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -90,10 +91,14 @@ def main(argv=None):
     try:
         arguments = parser.parse_args(argv)
         formats = _parse_formats(arguments.format)
-        if arguments.image_size < 1:
-            raise _UsageError(f"--image-size must be positive, got {arguments.image_size}")
-        if not arguments.voxel_size > 0:
-            raise _UsageError(f"--voxel-size must be positive, got {arguments.voxel_size}")
+        if not 1 <= arguments.image_size <= 4096:
+            raise _UsageError(f"--image-size must be in [1, 4096], got {arguments.image_size}")
+        if not (arguments.voxel_size > 0 and math.isfinite(arguments.voxel_size)):
+            raise _UsageError(f"--voxel-size must be a finite positive number, got {arguments.voxel_size}")
+        if not math.isfinite(arguments.threshold):
+            raise _UsageError(f"--threshold must be a finite number, got {arguments.threshold}")
+        if not math.isfinite(arguments.mesh_margin):
+            raise _UsageError(f"--mesh-margin must be a finite number, got {arguments.mesh_margin}")
         views = _parse_views(arguments.views)
     except _UsageError as error:
         print(f"error: {error}", file=sys.stderr)

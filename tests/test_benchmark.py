@@ -27,6 +27,7 @@ def test_cpu_mode_times_the_step_and_the_data_path(tmp_path, volumetric_dir):
     assert benchmark.main(["--cpu", "--data-dir", volumetric_dir, "--category", "chair", "--json", str(output)]) == 0
     step, data_path = [json.loads(line) for line in output.read_text().splitlines()]
     assert step["impl"] == "threedgan" and step["batch"] == 2 and step["precision"] == "float32"
+    assert step["recipe"] == "stable", "the CPU mode times the default recipe"
     assert step["median_s"] > 0 and step["samples_per_s"] > 0 and step["tflops"] > 0
     assert step["data_format"] in ("channels_last", "channels_first"), "the resolved layout, not 'auto'"
     assert step["deconvolution"] in ("transposed", "subpixel")

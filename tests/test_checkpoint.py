@@ -23,6 +23,7 @@ from tests.conftest import write_tree
 from tests.fast_models import fast_builders
 from threedgan import checkpoint as checkpoints
 from threedgan.cli import train_main
+from threedgan.config import Config
 from threedgan.errors import WeightsError
 
 # 6 volumes in batches of 2: 3 steps an epoch, 6 in the two epochs of a run; a checkpoint every 2 steps.
@@ -47,7 +48,7 @@ def arguments(data_dir, root, name, *extra):
     return [
         "--data-dir", data_dir, "--category", "chair", "--batch-size", "2", "--epochs", str(EPOCHS), "--seed", "3",
         "--output-dir", str(root / name), "--logdir", str(root / "logs"), "--run-name", name,
-        "--image-every-steps", "0", "--checkpoint-every-steps", str(CHECKPOINT_EVERY_STEPS),
+        "--image-every-steps", "0", "--checkpoint-every-steps", str(CHECKPOINT_EVERY_STEPS), "--checkpoint-every-minutes", "0",
         "--cache-dir", str(root / "cache"), *extra,
     ]
 
@@ -129,9 +130,13 @@ def test_ctrl_c_writes_a_checkpoint_and_resuming_matches_an_uninterrupted_run(
     output_dir = str(tmp_path / "resumed")
     message = capsys.readouterr().err.strip().splitlines()
     expected_checkpoint = os.path.join(output_dir, "checkpoints", "ckpt-00000005")
-    assert message == [f"interrupted by SIGINT after step 5: checkpoint in {expected_checkpoint}; run the same command again to resume"]
+    weights = os.path.join(output_dir, "generator_weights.h5")
+    assert message == [
+        f"interrupted by SIGINT after step 5: checkpoint in {expected_checkpoint}; run the same command again to resume; "
+        f"the weights of step 5 are in {weights} (python scripts/generate.py --weights {weights})"
+    ]
     assert checkpoint_steps(output_dir) == [4, 5], "keeps the newest 2"
-    assert not os.path.exists(os.path.join(output_dir, "generator_weights.h5")), "final weights only when done"
+    assert os.path.exists(weights), "a stopped run leaves the weights generate.py reads (tests/test_watching.py)"
     assert signal.getsignal(signal.SIGINT) is handler_before, "the handler is put back"
 
     monkeypatch.setattr(train_module, "make_train_step", original)
@@ -229,7 +234,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_nan_weight_is_never_written_to_a_checkpoint(data_dir, tmp_path, fast_networks, monkeypatch, capsys):
     def poison_weight(step, metrics):
-        variable = step.generator.trainable_variables[0]
+        variable = step.models["generator"].trainable_variables[0]  # TensorFlow: the variables are the state
         variable.assign(np.full(variable.shape, np.nan, "float32"))
 
     wrap_step(monkeypatch, 4, poison_weight)  # after step 4's losses, before checkpoint 4
@@ -247,7 +252,7 @@ def test_config_mismatch_missing_checkpoint_and_no_resume(reference_run, data_di
     assert status == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: checkpoint ") and "was written with another config" in error[0]
-    assert "generator_learning_rate 0.0025 there, 0.001 now" in error[0] and "seed 3 there, 5 now" in error[0]
+    assert f"generator_learning_rate {Config().generator_learning_rate!r} there, 0.001 now" in error[0] and "seed 3 there, 5 now" in error[0]
 
     assert train_main(arguments(data_dir, tmp_path, "empty", "--resume")) == 2
     assert capsys.readouterr().err.strip() == f"error: --resume: no checkpoint to resume from in {tmp_path / 'empty' / 'checkpoints'}"

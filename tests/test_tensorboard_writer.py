@@ -127,7 +127,10 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
     with SummaryWriter(logdir) as writer:
         writer.scalar("loss", 0.25, step=4)
         writer.image("samples", np.full((5, 9, 3), 200, np.uint8), step=4)
+        writer.mesh("mesh/box", np.zeros((3, 3)), np.array([[0, 1, 2]]), step=4)
+        writer.hparams({"preset": "r1-ema", "batch_size": 32})
         import keras
+        graphs_supported = writer.graphs_supported()
         graph_written = writer.graph(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
     events = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.IMAGES: 0})
     events.Reload()
@@ -135,6 +138,8 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
     print(json.dumps({
         "backend": keras.backend.backend(),
         "graph_written": graph_written,
+        "graphs_supported": graphs_supported,
+        "tensors": sorted(events.Tags()["tensors"]),
         "scalars": [[e.step, e.value] for e in events.Scalars("loss")],
         "image": [image.step, image.width, image.height],
         "tensorflow_loaded": any(name.startswith("tensorflow.") for name in sys.modules),
@@ -159,7 +164,43 @@ def test_works_without_tensorflow(tmp_path):
     assert report == {
         "backend": "jax",
         "graph_written": False,
+        "graphs_supported": False,
+        "tensors": ["_hparams_/session_start_info", "mesh/box_FACE", "mesh/box_VERTEX"],
         "scalars": [[4, 0.25]],
         "image": [4, 9, 5],
         "tensorflow_loaded": False,
     }
+
+
+def test_mesh_and_hparams_read_back(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2 as hparams_plugin_data
+    from tensorboard.plugins.mesh import metadata as mesh_metadata
+    from tensorboard.util import tensor_util
+
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64)
+    faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    colors = np.full((4, 3), 200, np.uint8)
+    with SummaryWriter(tmp_path) as writer:
+        writer.mesh("mesh/tetrahedron", vertices, faces, step=7, colors=colors, description="four faces")
+        writer.hparams({"preset": "book", "batch_size": 32, "lr": np.float32(0.5), "categories": ["chair", "table"],
+                        "max_steps": None, "skip_bad": False})  # fmt: skip
+        with pytest.raises(ValueError, match="outside 0..3"):
+            writer.mesh("bad", vertices, faces + 1, step=7)
+        with pytest.raises(ValueError, match=r"\(N, 3\)"):
+            writer.mesh("bad", vertices[:, :2], faces, step=7)
+    events = load_events(tmp_path)
+    assert sorted(tag for tag in events.Tags()["tensors"] if tag.startswith("mesh/")) == [
+        "mesh/tetrahedron_COLOR", "mesh/tetrahedron_FACE", "mesh/tetrahedron_VERTEX"
+    ]
+    (event,) = events.Tensors("mesh/tetrahedron_VERTEX")
+    assert event.step == 7
+    np.testing.assert_array_equal(tensor_util.make_ndarray(event.tensor_proto), vertices[None].astype(np.float32))
+    np.testing.assert_array_equal(tensor_util.make_ndarray(events.Tensors("mesh/tetrahedron_FACE")[0].tensor_proto), faces[None])
+    np.testing.assert_array_equal(tensor_util.make_ndarray(events.Tensors("mesh/tetrahedron_COLOR")[0].tensor_proto), colors[None])
+    parsed = mesh_metadata.parse_plugin_metadata(events.SummaryMetadata("mesh/tetrahedron_FACE").plugin_data.content)
+    assert parsed.name == "mesh/tetrahedron" and list(parsed.shape) == [1, 4, 3] and parsed.components == 0b1110
+    content = events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    values = hparams_plugin_data.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert values["preset"].string_value == "book" and values["batch_size"].number_value == 32
+    assert values["lr"].number_value == 0.5 and values["categories"].string_value == "chair,table"
+    assert values["max_steps"].string_value == "null" and values["skip_bad"].bool_value is False

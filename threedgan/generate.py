@@ -155,7 +155,7 @@ def _latent_row(path: str, index: int, config: Config, spec: str) -> np.ndarray:
     from threedgan.safe_io import load_npy
 
     if not os.path.exists(path):
-        raise ConfigError(f"latent {spec!r}: {path} not found")
+        raise ConfigError(f"latent {spec!r}: cannot read {path} (not found)")
     # A regular file whose header declares no more than a latents file may hold; never unpickled.
     latents = load_npy(path, MAX_LATENTS_BYTES, ConfigError, what=f"latents file for {spec!r}")
     if latents.dtype.kind not in "fiu":
@@ -165,7 +165,8 @@ def _latent_row(path: str, index: int, config: Config, spec: str) -> np.ndarray:
         raise ConfigError(f"{path}: expected latent vectors of length {config.z_size}, got shape {latents.shape}")
     if not 0 <= index < len(latents):
         raise ConfigError(f"{path}: no latent vector {index} (the file holds {len(latents)}: 0 to {len(latents) - 1})")
-    row = latents[index].astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become infinite, and are refused just below
+        row = latents[index].astype(np.float32)
     if not np.isfinite(row).all():
         raise ConfigError(f"{path}: latent vector {index} holds NaN or infinite values (or values beyond float32)")
     return row

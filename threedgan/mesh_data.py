@@ -45,6 +45,7 @@ import logging
 import math
 import multiprocessing
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -140,9 +141,15 @@ def read_shape(path: str):
             coordinates; the message starts with the path.
     """
     try:
-        size = os.path.getsize(path)
+        status = os.stat(path)
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    if not stat.S_ISREG(status.st_mode):
+        from threedgan.safe_io import describe_mode
+
+        # Never opened: a FIFO would block, a device (or a symlink to one) never end.
+        raise DataError(f"{path}: is {describe_mode(status.st_mode)}, not a regular file")
+    size = status.st_size
     if size > MAX_FILE_BYTES:
         raise DataError(f"{path}: file too large ({size / 2**20:.0f} MiB; at most {MAX_FILE_BYTES / 2**20:.0f} MiB)")
     if size == 0:
@@ -768,11 +775,15 @@ def _read_cache(cache_path):
     if not os.path.exists(cache_path):
         return None
     try:
-        with np.load(cache_path, allow_pickle=False) as cached:
-            dataset = VoxelDataset(
-                cached["packed"], cached["names"], cached["labels"], [str(c) for c in cached["category_names"]]
-            )
-            skipped = list(zip(cached["skipped_files"].tolist(), cached["skipped_errors"].tolist()))
+        from threedgan.data import MAX_CACHE_BYTES
+        from threedgan.safe_io import load_npz
+
+        # Bounded like any other file: regular files only, each array checked before it is decompressed.
+        cached = load_npz(cache_path, MAX_CACHE_BYTES, DataError, what="cache")
+        dataset = VoxelDataset(
+            cached["packed"], cached["names"], cached["labels"], [str(c) for c in cached["category_names"]]
+        )
+        skipped = list(zip(cached["skipped_files"].tolist(), cached["skipped_errors"].tolist()))
         logger.info("loaded %d voxelised shapes from cache %s", len(dataset), cache_path)
         return dataset, skipped
     except Exception as error:  # a damaged cache is rebuilt, never trusted

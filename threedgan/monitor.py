@@ -163,8 +163,8 @@ class TrainingMetrics:
 class MetricsLog:
     """`<output_dir>/metrics.jsonl`: one JSON object a line per evaluation, appended as training goes.
 
-    Each line holds `run` (the TensorBoard run name), `step`, `epoch`, `time` (seconds since the epoch) and the
-    metrics of `TrainingMetrics.evaluate`. A run resumed from a checkpoint first drops its own lines past the
+    Each line holds `run` (the TensorBoard run name), `step`, `epoch` (epochs done, fractional: step / steps per
+    epoch), `time` (seconds since the epoch) and the metrics of `TrainingMetrics.evaluate`. A run resumed from a checkpoint first drops its own lines past the
     checkpoint's step (they are measured again), as TensorBoard drops the events after a restart's step.
     """
 
@@ -172,8 +172,8 @@ class MetricsLog:
         self.path = os.path.join(output_dir, METRICS_FILENAME)
         self.run_name = run_name
 
-    def append(self, step: int, epoch: int, metrics: dict) -> dict:
-        record = {"run": self.run_name, "step": int(step), "epoch": int(epoch), "time": round(time.time(), 3)}
+    def append(self, step: int, epoch: float, metrics: dict) -> dict:
+        record = {"run": self.run_name, "step": int(step), "epoch": round(float(epoch), 4), "time": round(time.time(), 3)}
         record.update({name: _json_number(value) for name, value in metrics.items()})
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -173,10 +173,10 @@ class Progress:
                 self.last_sync = (step, now)
 
     def end_epoch(self, epoch: int) -> None:
-        """Prints the line at an epoch's end and leaves it standing."""
+        """Prints the line of the epoch just done, leaves it standing, and moves on to the next."""
         with self._lock:
-            self.epoch, self.batch = epoch, 0
             self._print(self.clock())
+            self.epoch, self.batch = epoch, 0
             if self._line_open:
                 self._write("\n")
                 self._line_open = False
@@ -244,12 +244,18 @@ class Progress:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(min(1.0, self.heartbeat_seconds)):
-            with self._lock:
-                now = self.clock()
-                if self._last_print is None or now - self._last_print >= self.heartbeat_seconds or (
-                    self._is_terminal() and now - self._last_print >= 1.0
-                ):
-                    self._print(now)
+            self.beat()
+
+    def beat(self) -> bool:
+        """What the heartbeat thread does every second: prints the line if it has been quiet for
+        `heartbeat_seconds` (on a terminal: for a second); returns whether it printed."""
+        with self._lock:
+            now = self.clock()
+            quiet = None if self._last_print is None else now - self._last_print
+            if quiet is None or quiet >= self.heartbeat_seconds or (self._is_terminal() and quiet >= 1.0):
+                self._print(now)
+                return True
+            return False
 
     def _print(self, now: float) -> None:
         text = self.line(now)

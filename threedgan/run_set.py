@@ -109,6 +109,9 @@ def write_final_set(directory: str, generator, discriminator, config) -> None:
 
     os.makedirs(directory, exist_ok=True)
     temporary = {name: os.path.join(directory, temporary_name) for name, temporary_name in _TEMPORARY_NAMES.items()}
+    stale_manifest = os.path.join(directory, f"{MANIFEST_FILENAME}.tmp")
+    if os.path.isfile(stale_manifest):  # left by a process killed while writing the manifest
+        os.remove(stale_manifest)
     try:
         save_weights_h5(generator, temporary[GENERATOR_FILENAME])
         save_weights_h5(discriminator, temporary[DISCRIMINATOR_FILENAME])
@@ -190,8 +193,9 @@ def check_final_set(folder: str, required=(GENERATOR_FILENAME,)) -> None:
     for candidate in sets:
         if all(name in candidate and candidate[name] == digest for name, digest in present.items()):
             return
-    newest = sets[0]
-    differing = [name for name, digest in present.items() if newest.get(name) != digest]
+    # Described against the set most of the files belong to (the newest among equals): the odd ones out are named.
+    closest = max(sets, key=lambda candidate: sum(candidate.get(name) == digest for name, digest in present.items()))
+    differing = [name for name, digest in present.items() if closest.get(name) != digest]
     matching = [name for name in present if name not in differing]
     if matching:
         detail = f"{', '.join(differing)} {'is' if len(differing) == 1 else 'are'} not from the save that wrote {', '.join(matching)}"

@@ -313,12 +313,12 @@ def check_mat_inflation(content: bytes, name: str, max_bytes: int, error_class=D
             decompressor = zlib.decompressobj()
             pending = bytes(content[start:position])
             try:
-                while pending:
-                    total += len(decompressor.decompress(pending, _READ_CHUNK))
+                while True:
+                    produced = len(decompressor.decompress(pending, _READ_CHUNK))
+                    total += produced
                     pending = decompressor.unconsumed_tail
-                    if total > max_bytes:
+                    if total > max_bytes or (not pending and produced < _READ_CHUNK):
                         break
-                total += len(decompressor.flush())
             except zlib.error:
                 return  # damaged: scipy says so in its own words
         elif data_type == _MI_MATRIX:

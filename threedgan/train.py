@@ -223,6 +223,7 @@ class Trainer:
         self._clock_checkpoints = 0  # checkpoints written by this session
         self._estimate_reported = False
         self._last_metrics_step = None
+        self._last_samples_step = None
         self.run_name = config.run_name or time.strftime(f"{'-'.join(config.categories)}-%Y%m%d-%H%M%S")
         self.run_logdir = os.path.join(config.logdir, self.run_name)
         # Fixed latents for the images in TensorBoard, so successive images show the same shapes improving.
@@ -307,9 +308,13 @@ class Trainer:
                     self.progress.close()
                 if self.epoch < config.epochs:
                     logger.info("stopping at step %d: max_steps or time budget reached", self.step_count)
-                self._log_images(writer, meshes=bool(config.mesh_every_steps))
-                if self.metrics.enabled and self._last_metrics_step != self.step_count:
-                    self._log_metrics(writer, with_set_metrics=bool(config.set_metrics_every_steps))
+                if self._last_samples_step != self.step_count:
+                    self._log_images(writer, meshes=bool(config.mesh_every_steps))
+                # The end's own point, for runs long enough to have had periodic ones (a smoke run skips the cost).
+                every, every_set = config.metrics_every_steps, config.set_metrics_every_steps
+                if (every and self.step_count >= every) or (every_set and self.step_count >= every_set):
+                    if self._last_metrics_step != self.step_count:
+                        self._log_metrics(writer, with_set_metrics=bool(every_set) and self.step_count >= every_set)
                 self._report_metrics_cost(started)
             if self._checkpoints_on() and self._steps_since_checkpoint():
                 self._save_checkpoint()
@@ -724,6 +729,7 @@ class Trainer:
                     if mesh is not None:
                         vertices, faces, colors = mesh
                         writer.mesh(f"mesh/sample_{index}", vertices, faces, self.step_count, colors=colors)
+            self._last_samples_step = self.step_count
         self.progress.set_status("")
 
     def _log_metrics(self, writer, with_set_metrics: bool) -> None:
@@ -736,7 +742,7 @@ class Trainer:
             results = self.metrics.evaluate(self.gan.sampling_generator, with_set_metrics)
             scalars = {name: value for name, value in results.items() if name not in ("samples", "references")}
             writer.scalars(scalars, self.step_count, prefix="metrics/")
-            self.metrics_log.append(self.step_count, self.epoch, results)
+            self.metrics_log.append(self.step_count, self.step_count / self.batches_per_epoch, results)
             self._last_metrics_step = self.step_count
         self.progress.set_status("")
 

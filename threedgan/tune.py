@@ -54,7 +54,7 @@ import numpy as np
 from hyperopt import STATUS_OK, Trials, fmin, hp, space_eval, tpe
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW
 
-from threedgan.config import PRESETS, Config
+from threedgan.config import DEFAULT_PRESET, PRESETS, Config
 from threedgan.data import VoxelDataset, load_config_dataset
 from threedgan.errors import ConfigError, DataError, TrainingError
 
@@ -564,7 +564,7 @@ def write_experiment_summary(logdir: str, batch_sizes: Sequence[int]) -> None:
             description="update D only when its last accuracy was at most this; 1.0 = always (the chapter)",
         ),
         hparams.HParam("z_stddev", intervals["z_stddev"]),
-        hparams.HParam("trial_origin", hparams.Discrete(["search", "book", "paper"])),
+        hparams.HParam("trial_origin", hparams.Discrete(["search", *PRESETS])),
     ]
     metrics = [
         hparams.Metric("score/loss", description="|1-NNA(IoU) - 0.5| + MMD(IoU) / 4n (ties only) on the validation slice, lower is better"),
@@ -650,7 +650,7 @@ def run_search(
     validation_fraction: float = 0.1,
     max_training_samples: Optional[int] = None,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-    baselines: Sequence[str] = ("book", "paper"),
+    baselines: Sequence[str] = (DEFAULT_PRESET, "book"),
     startup_trials: int = 10,
     dataset: Optional[VoxelDataset] = None,
 ) -> SearchResult:
@@ -868,11 +868,14 @@ def tune_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=list(DEFAULT_BATCH_SIZES), help="batch sizes to search")
     parser.add_argument(
-        "--baselines", nargs="*", choices=sorted(PRESETS), default=["book", "paper"],
-        help="presets scored first, under the same budget (default book paper; give none to skip)",
+        "--baselines", nargs="*", choices=sorted(PRESETS), default=[DEFAULT_PRESET, "book"],
+        help=f"presets scored first, under the same budget (default {DEFAULT_PRESET} book; give none to skip)",
     )
     parser.add_argument("--startup-trials", type=_positive_int, default=10, help="random trials before TPE models (default 10)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="book", help="starting point for fields not searched")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+        help=f"starting point for fields not searched (default {DEFAULT_PRESET})",
+    )
     parser.add_argument("--rotations", choices=["all", "canonical"], default="all")
     parser.add_argument("--seed", type=bounded_int(0, MAX_SEED - 1), default=0)
     parser.add_argument("--precision", dest="mixed_precision", choices=["auto", "bfloat16", "float32"], default="auto")
@@ -902,18 +905,24 @@ def _tune_main(argv) -> int:
     # Before any data is read or a trial trained: folders that cannot be written fail now.
     check_output_folder(output_dir, "--output-dir")
     check_output_folder(arguments.logdir or os.path.join(output_dir, "logs"), "--logdir")
-    result = run_search(
-        base_config,
-        max_evals=arguments.max_evals,
-        output_dir=output_dir,
-        logdir=arguments.logdir,
-        trial_epochs=arguments.trial_epochs,
-        validation_fraction=arguments.validation_fraction,
-        max_training_samples=arguments.max_samples,
-        batch_sizes=arguments.batch_sizes,
-        baselines=arguments.baselines,
-        startup_trials=arguments.startup_trials,
-    )
+    try:
+        result = run_search(
+            base_config,
+            max_evals=arguments.max_evals,
+            output_dir=output_dir,
+            logdir=arguments.logdir,
+            trial_epochs=arguments.trial_epochs,
+            validation_fraction=arguments.validation_fraction,
+            max_training_samples=arguments.max_samples,
+            batch_sizes=arguments.batch_sizes,
+            baselines=arguments.baselines,
+            startup_trials=arguments.startup_trials,
+        )
+    except OSError as error:
+        if error.filename is None:
+            # h5py and json writes report no path: name the folder the search writes into.
+            raise OSError(error.errno, f"{error.strerror or error} (writing the search's outputs)", output_dir) from error
+        raise
     print(format_results(result.records))
     print(f"best: {trial_name(result.best['tid'])}, loss {result.best['result']['loss']:.4f}")
     print(f"wrote {result.best_config_path}; train with: python scripts/train.py --config {result.best_config_path}")

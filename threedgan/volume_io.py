@@ -21,6 +21,9 @@ SAVE_SUFFIXES = (".npy", ".mat")
 MAX_VOLUME_VOXELS = 256**3
 MAX_VOLUME_BYTES = MAX_VOLUME_VOXELS * 8
 MAX_VOLUME_FILE_BYTES = MAX_VOLUME_BYTES + MIB
+# Compressed .mat variables inflate to at most this in all (a 128³ double grid is 16 MiB, 256³ logical the same):
+# scipy inflates a compressed variable's header in blocks that can hold most of it, so this also bounds its memory.
+MAX_MAT_INFLATED_BYTES = 40 * MIB
 
 
 def load_volume(path):
@@ -116,7 +119,7 @@ def _load_npy(path):
 def _load_mat(path):
     content = path.read_bytes()  # at most MAX_VOLUME_FILE_BYTES: checked by load_volume
     # Compressed variables may not inflate past what a volume holds; variables declared larger are never read.
-    check_mat_inflation(content, str(path), MAX_VOLUME_BYTES + MIB, ValueError)
+    check_mat_inflation(content, str(path), MAX_MAT_INFLATED_BYTES, ValueError)
     try:
         variables = mat_variables(content)
         readable = [
