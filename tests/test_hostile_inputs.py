@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.conftest import write_tree, zip_tree
+from tests.conftest import write_tree
 from tests.test_bad_inputs import (  # noqa: F401  (fixtures)
     EXIT_USER_ERROR,
     earlier_run,
@@ -45,7 +45,7 @@ from tests.test_bad_inputs import (  # noqa: F401  (fixtures)
 from threedgan import evaluate, tune
 from threedgan.cli import error_line, generate_main, train_main
 from threedgan.config import Config
-from threedgan.errors import ConfigError, DataError, ThreedganError, WeightsError
+from threedgan.errors import ConfigError, DataError, WeightsError
 from threedgan.run_set import MANIFEST_FILENAME, SET_FILENAMES, check_final_set, write_final_set
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -811,9 +811,3 @@ def test_an_encrypted_array_in_a_samples_file_is_refused(tmp_path, good_data_dir
     arguments = ["--samples", path, "--data-dir", good_data_dir, "--cache-dir", str(tmp_path / "cache"), "--distances", "iou"]
     assert evaluate.evaluate_main(arguments) == EXIT_USER_ERROR
     assert f"{path}: array packed.npy is encrypted" in one_error_line(capsys)
-
-
-def test_the_error_classes_stay_user_errors():
-    """What the CLI turns into one line: ThreedganError subclasses and OSError, nothing else (bugs keep tracebacks)."""
-    for error_class in (ConfigError, DataError, WeightsError):
-        assert issubclass(error_class, ThreedganError)

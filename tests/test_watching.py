@@ -300,6 +300,31 @@ def test_progress_speaks_every_ten_seconds_while_a_step_is_slow():
     assert progress.beat() and stream.getvalue().splitlines()[-1].endswith("metrics for 0:19")
 
 
+def test_on_a_terminal_log_lines_do_not_land_on_the_progress_line():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, clock = Terminal(), FakeClock()
+    handler = logging.StreamHandler(terminal)
+    logging.getLogger().addHandler(handler)
+    progress = Progress(100, 10, 10, stream=terminal, heartbeat_seconds=0, clock=clock)
+    try:
+        progress.start()
+        progress.step_done(1, 0, 1)
+        assert terminal.getvalue().startswith("\repoch 1/10 · step   1/100")
+        logging.getLogger("threedgan.test").warning("a warning")
+        before, after = terminal.getvalue().split("a warning")
+        assert before.endswith(" \r") and after == "\n", "the progress line was wiped first"
+        clock.now = 1.0
+        progress.step_done(2, 0, 2)
+        assert terminal.getvalue().endswith("\n") is False and "step   2/100" in terminal.getvalue().split("\n")[-1]
+    finally:
+        progress.close()
+        logging.getLogger().removeHandler(handler)
+    assert terminal.getvalue().endswith("\n") and handler.filters == []
+
+
 def test_progress_eta_respects_the_time_budget():
     clock = FakeClock()
     progress = Progress(10_000, 100, 100, time_budget_seconds=600, stream=io.StringIO(), clock=clock)

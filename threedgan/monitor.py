@@ -116,10 +116,10 @@ class TrainingMetrics:
     def _prepare_references(self) -> None:
         if self._references is not None:
             return
-        volumes32 = self._dataset.volumes32(self.reference_indices)
-        references = volumes32
-        for axis in (1, 2, 3):  # the data's ×2 nearest-neighbour zoom to the networks' 64³
-            references = np.repeat(references, 2, axis=axis)
+        from threedgan.data import upsample
+
+        # The data's ×2 zoom to the networks' 64³, kept as uint8 (a quarter of float32).
+        references = upsample(self._dataset.volumes32(self.reference_indices), dtype="uint8")
         self._references = references
         self._reference_distances = iou_distance_matrix(references, threshold=THRESHOLD)
         self._reference_scores = {
@@ -164,8 +164,9 @@ class MetricsLog:
     """`<output_dir>/metrics.jsonl`: one JSON object a line per evaluation, appended as training goes.
 
     Each line holds `run` (the TensorBoard run name), `step`, `epoch` (epochs done, fractional: step / steps per
-    epoch), `time` (seconds since the epoch) and the metrics of `TrainingMetrics.evaluate`. A run resumed from a checkpoint first drops its own lines past the
-    checkpoint's step (they are measured again), as TensorBoard drops the events after a restart's step.
+    epoch), `time` (seconds since the epoch) and the metrics of `TrainingMetrics.evaluate`. A run resumed from a
+    checkpoint first drops its own lines past the checkpoint's step (they are measured again), as TensorBoard drops
+    the events after a restart's step.
     """
 
     def __init__(self, output_dir: str, run_name: str):
@@ -173,7 +174,8 @@ class MetricsLog:
         self.run_name = run_name
 
     def append(self, step: int, epoch: float, metrics: dict) -> dict:
-        record = {"run": self.run_name, "step": int(step), "epoch": round(float(epoch), 4), "time": round(time.time(), 3)}
+        record = {"run": self.run_name, "step": int(step), "epoch": round(float(epoch), 4)}
+        record["time"] = round(time.time(), 3)
         record.update({name: _json_number(value) for name, value in metrics.items()})
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -268,7 +270,7 @@ def run_record(config, precision: str, device: str, argv=None) -> dict:
         python_version=platform.python_version(),
         numpy_version=np.__version__,
         threedgan_version=_threedgan_version(),
-        command=" ".join([os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"] + list(argv or sys.argv[1:])),
+        command=" ".join([os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python", *(argv or sys.argv[1:])]),
     )
     return record
 

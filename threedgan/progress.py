@@ -12,6 +12,7 @@ line is printed every `heartbeat_seconds` and at the end of every epoch.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -130,10 +131,12 @@ class Progress:
     # ------------------------------------------------------------------------------------------------ the loop's calls
 
     def start(self) -> None:
-        """Starts the heartbeat thread."""
+        """Starts the heartbeat thread; on a terminal, log lines first clear the progress line they would join."""
         if self._thread is None and self.heartbeat_seconds:
             self._thread = threading.Thread(target=self._heartbeat, name="threedgan-progress", daemon=True)
             self._thread.start()
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self._clear_before_log)
 
     def close(self) -> None:
         """Stops the heartbeat thread and ends an open terminal line."""
@@ -141,6 +144,8 @@ class Progress:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(self._clear_before_log)
         with self._lock:
             if self._line_open:
                 self._write("\n")
@@ -266,6 +271,17 @@ class Progress:
         else:
             self._write(text + "\n")
         self._last_print = now
+
+    def _clear_before_log(self, record) -> bool:
+        """A logging filter that lets every record through, after wiping an open progress line off the terminal."""
+        if self._line_open and self._lock.acquire(timeout=1.0):
+            try:
+                if self._line_open:
+                    self._write("\r" + " " * (_terminal_columns() - 1) + "\r")
+                    self._line_open = False
+            finally:
+                self._lock.release()
+        return True
 
     def _write(self, text: str) -> None:
         try:

@@ -160,10 +160,17 @@ class Trainer:
         dataset: volumes to train on; `None` loads them as `config` says.
         log_every_steps: how many steps' metrics are fetched from the device at once.
         resume: one of `RESUME_MODES`: what to do with checkpoints already in `<output_dir>/checkpoints`.
+        hparams: write the run's config as an HPARAMS session; `False` where the caller writes its own (tune's
+            trials: TensorBoard keeps the first session of a run folder).
     """
 
     def __init__(
-        self, config: Config, dataset: Optional[VoxelDataset] = None, log_every_steps: int = 10, resume: str = "auto"
+        self,
+        config: Config,
+        dataset: Optional[VoxelDataset] = None,
+        log_every_steps: int = 10,
+        resume: str = "auto",
+        hparams: bool = True,
     ):
         if resume not in RESUME_MODES:
             raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}")
@@ -211,6 +218,7 @@ class Trainer:
         self.checkpoints = CheckpointFolder(os.path.join(config.output_dir, CHECKPOINT_FOLDER), config.keep_checkpoints)
         self.last_checkpoint = None  # (path, step) of the newest checkpoint written or resumed from
         self.stop_signal = None  # set by a signal handler, honoured between steps
+        self.write_hparams = hparams
         self._optional_work = False  # inside sample images or metrics, which a stop signal cuts short
         self.signals_received = 0
         self.metrics = TrainingMetrics(config, self.dataset)
@@ -252,7 +260,8 @@ class Trainer:
 
         Raises:
             TrainingError: a loss or a weight became non-finite; the newest checkpoint is still the last good one.
-            TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint was written after the current step.
+            TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint and the top-level weights and config.json were
+                written after the current step.
             ConfigError: a checkpoint of another config or other data is in the way, `--resume` found none, or
                 another run is using the output folder.
             WeightsError: every checkpoint present is damaged, or one does not fit the networks.
@@ -344,7 +353,8 @@ class Trainer:
         """The whole config plus backend, precision, device and versions, as TensorBoard text and hparams."""
         record = run_record(self.config, self.precision, self.device)
         writer.text("config", record_markdown(record), self.step_count)
-        writer.hparams(record)
+        if self.write_hparams:
+            writer.hparams(record)
         writer.flush()
 
     def _total_steps(self) -> int:
@@ -774,7 +784,7 @@ def train(config: Config, dataset: Optional[VoxelDataset] = None, resume: str = 
         DataError: the data cannot be found or read.
         ConfigError: an invalid setting (for example a batch larger than the data).
         TrainingError: a loss became non-finite.
-        TrainingInterrupted: Ctrl-C or SIGTERM (a checkpoint was written first).
+        TrainingInterrupted: Ctrl-C or SIGTERM (a checkpoint and the top-level weights were written first).
         WeightsError: every checkpoint in the output folder is damaged, or one does not fit the networks.
     """
     return Trainer(config, dataset, resume=resume).train()

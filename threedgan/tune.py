@@ -307,7 +307,8 @@ def run_trial(
     # Each trial builds new networks; without this, every earlier trial's graphs stay in memory.
     keras.backend.clear_session()
     start = time.perf_counter()
-    trainer = Trainer(config, dataset=training)
+    # The trial's hparams session is tune's own (write_trial_summary): origin and scores, not the whole config.
+    trainer = Trainer(config, dataset=training, hparams=False)
     try:
         training_metrics = trainer.train()
     except TrainingError as error:
@@ -765,8 +766,12 @@ def run_search(
                 run_name=name,
                 # Trials need their score, not checkpoints or image series; one image still shows at the end.
                 checkpoint_every_steps=0,
+                checkpoint_every_minutes=0,
                 image_every_steps=0,
                 images_per_log=1,
+                mesh_every_steps=0,
+                metrics_every_steps=0,
+                set_metrics_every_steps=0,
             )
             logger.info("%s (%s): %s", name, origin, params)
             result = run_trial(config, training, references, evaluation_seed=base_config.seed)
