@@ -299,8 +299,9 @@ def truncated_weights(folder, run_folder):
 
 
 def folder_as_weights(folder):
+    # `--weights` may name a run folder; one without weights in it is named in the error.
     (folder / "generator_weights.h5").mkdir()
-    return ["--weights", str(folder / "generator_weights.h5")], ["is not a file"]
+    return ["--weights", str(folder / "generator_weights.h5")], ["weights file not found", "generator_weights.h5/generator_weights.h5"]
 
 
 def missing_weights(folder):

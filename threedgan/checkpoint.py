@@ -43,6 +43,7 @@ import numpy as np
 
 from threedgan.config import CONFIG_FILENAME, Config
 from threedgan.errors import ConfigError, TrainingError, WeightsError
+from threedgan.safe_io import file_sha256, fsync_directory, fsync_file
 from threedgan.weights import load_weights_h5, save_weights_h5
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ CHECKSUMMED_FILENAMES = (
     EPOCH_ORDER_FILENAME,
 )
 OPTIMIZER_GROUPS = ("generator_optimizer", "discriminator_optimizer")
-HASH_CHUNK_BYTES = 16 << 20
 
 # Fields that may change between the run that wrote a checkpoint and the run resuming from it: where things are
 # read from and written to, how often, and how long to train. Everything else (networks, recipe, seed, which data)
@@ -215,8 +215,8 @@ def write_checkpoint(directory: str, gan, state: TrainingState) -> str:
         files = {}
         for name in names:
             path = os.path.join(temporary_path, name)
-            _fsync_file(path)
-            files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+            fsync_file(path)
+            files[name] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
         with open(os.path.join(temporary_path, STATE_FILENAME), "w") as handle:
             json.dump(_state_document(state, files), handle, indent=1)
             handle.flush()
@@ -225,14 +225,14 @@ def write_checkpoint(directory: str, gan, state: TrainingState) -> str:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary_path, 0o777 & ~umask)
-        _fsync_directory(temporary_path)
+        fsync_directory(temporary_path)
         replaced = None
         if os.path.exists(final_path):
             # The same step again (after resuming from an older checkpoint): move the old one out of the way first;
             # a crash between the two renames leaves only a hidden folder, which the next run deletes.
             replaced = _rename_to_hidden(final_path, directory)
         os.rename(temporary_path, final_path)
-        _fsync_directory(directory)
+        fsync_directory(directory)
     except BaseException:
         shutil.rmtree(temporary_path, ignore_errors=True)
         raise
@@ -293,34 +293,6 @@ def _state_document(state: TrainingState, files: dict) -> dict:
     document["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     document["files"] = files
     return document
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_file(path: str) -> None:
-    """Forces a file's data to disk, so a power cut after the rename cannot leave an empty file under a good name."""
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_directory(path: str) -> None:
-    """Makes a rename inside `path` durable; not every platform or file system can open a folder, hence the guard."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def _rename_to_hidden(path: str, directory: str) -> str:
@@ -398,7 +370,7 @@ def _verify_file(folder: str, name: str, expected) -> None:
     size = os.path.getsize(path)
     if size != expected["bytes"]:
         raise WeightsError(f"checkpoint {folder}: {name} has {size} bytes, {expected['bytes']} were written")
-    if _sha256(path) != expected["sha256"]:
+    if file_sha256(path) != expected["sha256"]:
         raise WeightsError(f"checkpoint {folder}: {name} differs from what was written (SHA-256 mismatch)")
 
 

@@ -19,13 +19,13 @@ is used as it is. Temporary files left by a kill are removed by the next trainin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Dict, List, Optional
 
 from threedgan.config import CONFIG_FILENAME
 from threedgan.errors import WeightsError
+from threedgan.safe_io import file_sha256, fsync_directory, fsync_file
 
 GENERATOR_FILENAME = "generator_weights.h5"
 DISCRIMINATOR_FILENAME = "discriminator_weights.h5"
@@ -40,34 +40,11 @@ _TEMPORARY_NAMES = {
 _FORMAT = "threedgan-final-set"
 _FORMAT_VERSION = 1
 _MAX_MANIFEST_BYTES = 1 << 20
-_CHUNK = 16 << 20
 
 
 def file_digest(path: str) -> Dict[str, object]:
     """`{"bytes": size, "sha256": hex}` of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
-
-
-def _fsync(path: str) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_directory(path: str) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    return {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
 
 
 def _write_manifest(directory: str, sets: List[dict]) -> None:
@@ -79,7 +56,7 @@ def _write_manifest(directory: str, sets: List[dict]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def _current_set(directory: str) -> dict:
@@ -120,13 +97,13 @@ def write_final_set(directory: str, generator, discriminator, config) -> None:
             handle.write("\n")
         new_set = {}
         for name, path in temporary.items():
-            _fsync(path)
+            fsync_file(path)
             new_set[name] = file_digest(path)
         old_set = _current_set(directory)
         _write_manifest(directory, [new_set] + ([old_set] if old_set else []))
         for name in SET_FILENAMES:
             os.replace(temporary[name], os.path.join(directory, name))
-        _fsync_directory(directory)
+        fsync_directory(directory)
         _write_manifest(directory, [new_set])
     except BaseException:
         for path in list(temporary.values()) + [os.path.join(directory, f"{MANIFEST_FILENAME}.tmp")]:

@@ -16,6 +16,7 @@ a one-line message that names the file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -338,3 +339,37 @@ def mat_variables(content: bytes) -> List[Tuple[str, tuple, str]]:
 
 def is_numeric_mat_class(class_name: str) -> bool:
     return class_name in _NUMERIC_MAT_CLASSES
+
+
+# ----------------------------------------------------------------------------------------------- durable writes
+
+_HASH_CHUNK_BYTES = 16 << 20
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_file(path: str) -> None:
+    """Forces a file's data to disk, so a power cut after the rename cannot leave an empty file under a good name."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_directory(path: str) -> None:
+    """Makes a rename inside `path` durable; not every platform or file system can open a folder, hence the guard."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
