@@ -63,8 +63,9 @@ def r1_penalty(input_gradients, gamma: float):
     """R1: γ/2 times the batch mean of the squared norm of D's gradient with respect to each real volume.
 
     Args:
-        input_gradients: ∂(Σ D(x))/∂x for a batch of real volumes x (batch first); each volume's own gradient, since
-            D scores every volume independently of the others once BatchNorm's statistics are fixed.
+        input_gradients: ∂(Σ D(x))/∂x for a batch of real volumes x (batch first). With BatchNorm's batch statistics
+            in D this includes each volume's effect on the others' scores through the batch's mean and variance, as
+            in the reference implementations that train such discriminators with R1.
         gamma: the penalty's weight γ.
 
     Returns:
