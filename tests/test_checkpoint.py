@@ -25,6 +25,7 @@ from threedgan import checkpoint as checkpoints
 from threedgan.cli import train_main
 from threedgan.config import Config
 from threedgan.errors import WeightsError
+from threedgan.safe_io import file_sha256
 
 # 6 volumes in batches of 2: 3 steps an epoch, 6 in the two epochs of a run; a checkpoint every 2 steps.
 EPOCHS = 2
@@ -281,7 +282,7 @@ def rewrite_manifest(folder, name):
     """Updates state.json's size and hash of `name`, as someone tampering with a checkpoint could."""
     state_path = folder / checkpoints.STATE_FILENAME
     document = json.loads(state_path.read_text())
-    document["files"][name] = {"bytes": (folder / name).stat().st_size, "sha256": checkpoints._sha256(str(folder / name))}
+    document["files"][name] = {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(str(folder / name))}
     state_path.write_text(json.dumps(document))
 
 
