@@ -467,7 +467,7 @@ def load_dataset(
 
 
 def _load_packed_slice(path, categories, split, rotations, obj_ratio, max_samples) -> VoxelDataset:
-    """Reads a slice made by `shared/bench/pack_slice.py`: keys `<category>_<split>` (n, 4096) and `..._names`.
+    """Reads a slice made by `scripts/pack_slice.py`: keys `<category>_<split>` (n, 4096) and `..._names`.
 
     Such a file carries a few categories to a machine without the archive (the GPU machine) in a few MB.
     """

@@ -890,7 +890,7 @@ def export_grids_as_meshes(
 
 
 def write_packed_slice(path: str, datasets: Dict[str, VoxelDataset]) -> str:
-    """Writes datasets as one `.npz` slice `--data-dir` reads (the format of `shared/bench/pack_slice.py`).
+    """Writes datasets as one `.npz` slice `--data-dir` reads (the format of `scripts/pack_slice.py`).
 
     Args:
         path: the `.npz` to write (atomically).

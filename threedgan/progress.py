@@ -2,7 +2,7 @@
 
 `Progress` is told after every step where the run stands (`step_done`) and when the device last caught up
 (`synced`: the loop fetches metrics every few steps, which waits for the device). The rate comes from the synced
-steps after this session's first (which compiles), so it includes everything the loop does between steps (sample
+steps after this process's first (which compiles), so it includes everything the loop does between steps (sample
 images, metrics, checkpoints). A background thread reprints the line every `heartbeat_seconds` when the main thread
 has not, saying how long the current step has been running: a 57 s CPU step is no longer a silent minute.
 
@@ -77,8 +77,8 @@ class Progress:
     Args:
         total_steps: steps the whole run will have done at its end (epochs × steps per epoch, or `max_steps`).
         steps_per_epoch, epochs: for `epoch k/N`.
-        start_step: steps done before this session (a resumed run).
-        time_budget_seconds: this session stops after so much time (`None`: no budget); the ETA respects it.
+        start_step: steps done before this process started (a resumed run).
+        time_budget_seconds: this process stops after so much time (`None`: no budget); the ETA respects it.
         stream: where lines go (default `sys.stdout`, resolved at each write).
         heartbeat_seconds: the longest silence.
         clock: seconds, monotonic (tests pass a fake one).
@@ -107,7 +107,7 @@ class Progress:
         self.clock = clock
         self.started = clock()
         self.step_started = self.started  # when the step now running began
-        self.first_sync = None  # (step, time) of the first synced step after this session's first
+        self.first_sync = None  # (step, time) of the first synced step after this process's first
         self.last_sync = None
         self.first_step_seconds = None
         self.metrics = {}
@@ -170,7 +170,7 @@ class Progress:
             if metrics:
                 self.metrics = dict(metrics)
             if self.first_sync is None:
-                # This session's first sync holds the compilation: the rate is measured from here on.
+                # This process's first sync holds the compilation: the rate is measured from here on.
                 self.first_sync = (step, now)
                 if step == self.start_step + 1:
                     self.first_step_seconds = now - self.started
@@ -193,7 +193,7 @@ class Progress:
     # ------------------------------------------------------------------------------------------------------- numbers
 
     def seconds_per_step(self) -> Optional[float]:
-        """Measured from synced steps after this session's first; the first step's time until then."""
+        """Measured from synced steps after this process's first; the first step's time until then."""
         if self.first_sync is not None and self.last_sync is not None and self.last_sync[0] > self.first_sync[0]:
             return (self.last_sync[1] - self.first_sync[1]) / (self.last_sync[0] - self.first_sync[0])
         return self.first_step_seconds

@@ -75,7 +75,7 @@ RESUME_MODES = ("auto", "require", "never")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # `epoch_totals` holds each metric's sum and, under this prefix, how many steps reported it.
 COUNT_PREFIX = "count/"
-# The first clock checkpoint of a session comes after at most this long, so that a run killed early resumes.
+# The first clock checkpoint of a process comes after at most this long, so that a run killed early resumes.
 FIRST_CHECKPOINT_SECONDS = 60.0
 # The command to train on a GPU instead, for the CPU warning (README "Get running" and "Speed").
 GPU_COMMAND = 'pip install keras "jax[cuda12]", then KERAS_BACKEND=jax python scripts/train.py with the same flags'
@@ -227,8 +227,8 @@ class Trainer:
         self.device = None
         self._session_steps = 0  # steps done by this process
         self._session_start_step = 0
-        self._checkpoint_clock = None  # monotonic time of this session's start or its last checkpoint
-        self._clock_checkpoints = 0  # checkpoints written by this session
+        self._checkpoint_clock = None  # monotonic time of this process's start or its last checkpoint
+        self._clock_checkpoints = 0  # checkpoints written by this process
         self._estimate_reported = False
         self._last_metrics_step = None
         self._last_samples_step = None
@@ -760,7 +760,7 @@ class Trainer:
         if self.metrics.evaluations:
             elapsed = time.perf_counter() - started
             logger.info(
-                "metrics: %d evaluations, %.2f s each, %.1f %% of this session's %s",
+                "metrics: %d evaluations, %.2f s each, %.1f %% of this process's %s",
                 self.metrics.evaluations,
                 self.metrics.seconds / self.metrics.evaluations,
                 100.0 * self.metrics.seconds / max(elapsed, 1e-9),
