@@ -362,7 +362,7 @@ class Trainer:
         return min(total, self.config.max_steps) if self.config.max_steps is not None else total
 
     def _budget_spent(self, started: float) -> bool:
-        """Whether `max_steps` (counted over the whole run) or this session's time budget is used up."""
+        """Whether `max_steps` (counted over the whole run) or this process's time budget is used up."""
         config = self.config
         if config.max_steps is not None and self.step_count >= config.max_steps:
             return True
