@@ -275,15 +275,17 @@ class Trainer:
             self.device = device_description()
             total_steps = self._total_steps()
             logger.info(
-                "training on %s, backend %s, %s: %d volumes, %d steps of %d an epoch × %d epochs = %s steps%s",
+                "training on %s, backend %s, %s, preset %s: %d volumes, %d steps of %d an epoch × %d epochs, %s steps%s%s",
                 self.device,
                 keras.backend.backend(),
                 self.precision,
+                config.preset,
                 len(self.dataset),
                 self.batches_per_epoch,
                 config.batch_size,
                 config.epochs,
                 f"{total_steps:,}",
+                " (--max-steps)" if total_steps < self.batches_per_epoch * config.epochs else "",
                 f" (from step {self.step_count:,})" if self.step_count else "",
             )
             if not accelerator_present():
