@@ -355,13 +355,22 @@ def parse_mat(content: bytes, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------- loading
 
 
-def _select(source: _Source, categories: Sequence[str], split: str, rotations: str, obj_ratio: float, max_samples):
-    available = source.categories()
+def choose_categories(available: Sequence[str], categories: Sequence[str], where) -> List[str]:
+    """The categories asked for, `["all"]` meaning every one `available` in `where` (a path, for the message).
+
+    Raises:
+        DataError: a category that `where` does not hold.
+    """
     if list(categories) == ["all"]:
-        categories = available
+        return list(available)
     unknown = [c for c in categories if c not in available]
     if unknown:
-        raise DataError(f"unknown category {unknown[0]!r} in {source.path}; available: {', '.join(available)}")
+        raise DataError(f"unknown category {unknown[0]!r} in {where}; available: {', '.join(available)}")
+    return list(categories)
+
+
+def _select(source: _Source, categories: Sequence[str], split: str, rotations: str, obj_ratio: float, max_samples):
+    categories = choose_categories(source.categories(), categories, source.path)
     selected, labels = [], []
     for label, category in enumerate(categories):
         files = sorted(source.files(category, split))

@@ -54,7 +54,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import scipy.ndimage
 
-from threedgan.data import PADDED_SIDE, RAW_SIDE, VoxelDataset, default_cache_dir
+from threedgan.data import PADDED_SIDE, RAW_SIDE, VoxelDataset, choose_categories, default_cache_dir
 from threedgan.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -534,12 +534,7 @@ def list_shapes(root: str) -> Dict[Tuple[str, str], List[str]]:
 
 
 def _select(root, members, categories, split, obj_ratio, max_samples):
-    available = sorted({category for category, _ in members})
-    if list(categories) == ["all"]:
-        categories = available
-    unknown = [c for c in categories if c not in available]
-    if unknown:
-        raise DataError(f"unknown category {unknown[0]!r} in {root}; available: {', '.join(available)}")
+    categories = choose_categories(sorted({category for category, _ in members}), categories, root)
     selected, labels = [], []
     for label, category in enumerate(categories):
         files = members.get((category, split), [])

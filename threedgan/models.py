@@ -71,6 +71,16 @@ def _channel_axis(data_format: str) -> int:
     return 1 if data_format == "channels_first" else -1
 
 
+def _resolve_by_backend(config, field: str, choices, on_jax: str, elsewhere: str) -> str:
+    """`config.<field>`, with `"auto"` resolved to `on_jax` on the JAX backend and `elsewhere` otherwise."""
+    value = getattr(config, field)
+    if value == "auto":
+        value = on_jax if keras.backend.backend() == "jax" else elsewhere
+    if value not in choices[1:]:
+        raise ValueError(f"{field} must be one of {choices}, got {getattr(config, field)!r}")
+    return value
+
+
 def resolve_deconvolution(config) -> str:
     """How the generator computes its stride-2 transposed convolutions, resolving `config.deconvolution="auto"`.
 
@@ -87,12 +97,7 @@ def resolve_deconvolution(config) -> str:
     Raises:
         ValueError: an unknown `config.deconvolution`.
     """
-    deconvolution = config.deconvolution
-    if deconvolution == "auto":
-        deconvolution = "subpixel" if keras.backend.backend() == "jax" else "transposed"
-    if deconvolution not in DECONVOLUTION_CHOICES[1:]:
-        raise ValueError(f"deconvolution must be one of {DECONVOLUTION_CHOICES}, got {config.deconvolution!r}")
-    return deconvolution
+    return _resolve_by_backend(config, "deconvolution", DECONVOLUTION_CHOICES, on_jax="subpixel", elsewhere="transposed")
 
 
 def resolve_first_convolution(config) -> str:
@@ -112,14 +117,9 @@ def resolve_first_convolution(config) -> str:
     Raises:
         ValueError: an unknown `config.first_convolution`.
     """
-    first_convolution = config.first_convolution
-    if first_convolution == "auto":
-        first_convolution = "space_to_depth" if keras.backend.backend() == "jax" else "plain"
-    if first_convolution not in FIRST_CONVOLUTION_CHOICES[1:]:
-        raise ValueError(
-            f"first_convolution must be one of {FIRST_CONVOLUTION_CHOICES}, got {config.first_convolution!r}"
-        )
-    return first_convolution
+    return _resolve_by_backend(
+        config, "first_convolution", FIRST_CONVOLUTION_CHOICES, on_jax="space_to_depth", elsewhere="plain"
+    )
 
 
 @keras.saving.register_keras_serializable(package="threedgan")
