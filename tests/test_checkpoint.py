@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import threedgan.train as train_module
 from tests.conftest import write_tree
 from tests.fast_models import fast_builders
+from tests.step_hooks import checkpoint_steps, raise_signals, wrap_step
 from threedgan import checkpoint as checkpoints
 from threedgan.cli import train_main
 from threedgan.config import Config
@@ -54,42 +55,6 @@ def arguments(data_dir, root, name, *extra):
     ]
 
 
-class StepWrapper:
-    """Wraps a training step: after call `at_call`, runs `action(inner_step, metrics)` (which may replace them)."""
-
-    def __init__(self, inner, at_call, action):
-        self.__dict__.update(inner=inner, at_call=at_call, action=action, calls=0)
-
-    def __call__(self, *batch):
-        metrics = self.inner(*batch)
-        self.__dict__["calls"] += 1
-        if self.calls == self.at_call:
-            metrics = self.action(self.inner, metrics) or metrics
-        return metrics
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __setattr__(self, name, value):
-        setattr(self.inner, name, value)
-
-
-def wrap_step(monkeypatch, at_call, action):
-    """Makes the next `Gan.build` wrap its step in a `StepWrapper`."""
-    original = train_module.make_train_step
-    monkeypatch.setattr(
-        train_module, "make_train_step", lambda *args, **kwargs: StepWrapper(original(*args, **kwargs), at_call, action)
-    )
-    return original
-
-
-def raise_signal(number):
-    def action(step, metrics):
-        signal.raise_signal(number)
-
-    return action
-
-
 def step_scalars(logdir, tag):
     events = EventAccumulator(logdir)
     events.Reload()
@@ -101,10 +66,6 @@ def weights_arrays(path):
     with h5py.File(path, "r") as file:
         file.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
     return arrays
-
-
-def checkpoint_steps(output_dir):
-    return [step for step, _ in checkpoints.CheckpointFolder(os.path.join(output_dir, "checkpoints"), 1).steps_and_paths()]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +86,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resuming_matches_an_uninterrupted_run(
     reference_root, reference_dir = reference_run
     stop_after = 5  # mid-epoch (epoch 2, batch 2) and not a checkpoint step: the stop itself must write ckpt 5
     handler_before = signal.getsignal(signal.SIGINT)
-    original = wrap_step(monkeypatch, stop_after, raise_signal(signal.SIGINT))
+    original = wrap_step(monkeypatch, stop_after, raise_signals(signal.SIGINT))
     argv = arguments(data_dir, tmp_path, "resumed", "--keep-checkpoints", "2")
     assert train_main(argv) == 130
     output_dir = str(tmp_path / "resumed")
@@ -175,7 +136,7 @@ def test_max_steps_stops_mid_epoch_and_a_larger_budget_continues_exactly(referen
 
 
 def test_sigterm_also_checkpoints_and_exits_143(data_dir, tmp_path, fast_networks, monkeypatch, capsys):
-    wrap_step(monkeypatch, 1, raise_signal(signal.SIGTERM))
+    wrap_step(monkeypatch, 1, raise_signals(signal.SIGTERM))
     assert train_main(arguments(data_dir, tmp_path, "terminated")) == 128 + signal.SIGTERM
     assert "interrupted by SIGTERM after step 1: checkpoint in" in capsys.readouterr().err
     assert checkpoint_steps(str(tmp_path / "terminated")) == [1]

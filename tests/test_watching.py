@@ -25,6 +25,7 @@ from tensorboard.util import tensor_util
 import threedgan.train as train_module
 from tests.conftest import write_tree
 from tests.fast_models import fast_builders
+from tests.step_hooks import checkpoint_steps, raise_signals, wrap_step
 from threedgan import checkpoint as checkpoints
 from threedgan import monitor, quiet
 from threedgan.cli import generate_main, train_main, train_parser
@@ -59,46 +60,10 @@ def arguments(data_dir, root, name, *extra):
     ]  # fmt: skip
 
 
-def checkpoint_steps(output_dir):
-    return [step for step, _ in checkpoints.CheckpointFolder(os.path.join(output_dir, "checkpoints"), 99).steps_and_paths()]
-
-
 def load_events(logdir):
     events = EventAccumulator(str(logdir), size_guidance={SCALARS: 0, TENSORS: 0})
     events.Reload()
     return events
-
-
-class StepWrapper:
-    """Wraps the training step: after call `at_call`, runs `action()`."""
-
-    def __init__(self, inner, at_call, action):
-        self.__dict__.update(inner=inner, at_call=at_call, action=action, calls=0)
-
-    def __call__(self, *batch):
-        metrics = self.inner(*batch)
-        self.__dict__["calls"] += 1
-        if self.calls == self.at_call:
-            self.action()
-        return metrics
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __setattr__(self, name, value):
-        setattr(self.inner, name, value)
-
-
-def signal_at_step(monkeypatch, at_call, *numbers):
-    original = train_module.make_train_step
-
-    def action():
-        for number in numbers:
-            signal.raise_signal(number)
-
-    monkeypatch.setattr(
-        train_module, "make_train_step", lambda *args, **kwargs: StepWrapper(original(*args, **kwargs), at_call, action)
-    )
 
 
 def h5_arrays(path):
@@ -361,7 +326,7 @@ def test_clock_checkpoints_come_without_step_checkpoints(data_dir, tmp_path, fas
 
 
 def test_sigterm_writes_the_top_level_weights_that_generate_reads(data_dir, tmp_path, fast_networks, monkeypatch, capsys, caplog):
-    signal_at_step(monkeypatch, 3, signal.SIGTERM)
+    wrap_step(monkeypatch, 3, raise_signals(signal.SIGTERM))
     output_dir = tmp_path / "terminated"
     assert train_main(arguments(data_dir, tmp_path, "terminated")) == 128 + signal.SIGTERM
     weights = output_dir / "generator_weights.h5"
@@ -378,7 +343,7 @@ def test_sigterm_writes_the_top_level_weights_that_generate_reads(data_dir, tmp_
 
 
 def test_a_second_sigterm_exits_143_and_keeps_the_steps(data_dir, tmp_path, fast_networks, monkeypatch, capsys, caplog):
-    signal_at_step(monkeypatch, 3, signal.SIGTERM, signal.SIGTERM)
+    wrap_step(monkeypatch, 3, raise_signals(signal.SIGTERM, signal.SIGTERM))
     assert train_main(arguments(data_dir, tmp_path, "twice")) == 143
     assert "interrupted by SIGTERM after step 3" in capsys.readouterr().err
     assert checkpoint_steps(str(tmp_path / "twice")) == [2, 3], "step 3 was not dropped"

@@ -471,7 +471,7 @@ def load_dataset(
         source.close()
     dataset = VoxelDataset(packed, names, labels, category_names)
     if use_cache:
-        _write_cache(cache_path, dataset)
+        write_cache(cache_path, dataset)
     return dataset
 
 
@@ -550,20 +550,27 @@ def _read_cache(cache_path: str) -> Optional[VoxelDataset]:
         return None
 
 
-def _write_cache(cache_path: str, dataset: VoxelDataset) -> None:
+def write_cache(cache_path: str, dataset: VoxelDataset, **extra_arrays) -> None:
+    """Writes a parsed data set (and any `extra_arrays`) to `cache_path` atomically; a failure only warns.
+
+    A reader sees the old file or the whole new one; a read-only cache folder must not stop training.
+    """
+    temporary = f"{cache_path}.{os.getpid()}.tmp.npz"
     try:
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        temporary = f"{cache_path}.{os.getpid()}.tmp.npz"
         np.savez(
             temporary,
             packed=dataset.packed,
             names=dataset.names,
             labels=dataset.labels,
             category_names=np.array(dataset.category_names),
+            **extra_arrays,
         )
         os.replace(temporary, cache_path)
-    except OSError as error:  # a read-only cache folder must not stop training
+    except OSError as error:
         logger.warning("could not write cache %s (%s)", cache_path, error)
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def load_config_dataset(config, split: Optional[str] = None, rotations: Optional[str] = None, **overrides) -> VoxelDataset:

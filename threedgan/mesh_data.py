@@ -54,7 +54,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import scipy.ndimage
 
-from threedgan.data import PADDED_SIDE, RAW_SIDE, VoxelDataset, choose_categories, default_cache_dir
+from threedgan.data import PADDED_SIDE, RAW_SIDE, VoxelDataset, choose_categories, default_cache_dir, write_cache
 from threedgan.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -638,7 +638,12 @@ def load_shape_dataset(
     _log_timings(infos, selected, report_path)
     _report_skipped(skipped, len(selected), skip_bad, cached=False)
     if use_cache:
-        _write_cache(cache_path, dataset, skipped)
+        write_cache(
+            cache_path,
+            dataset,
+            skipped_files=np.array([name for name, _ in skipped], dtype=str),
+            skipped_errors=np.array([message for _, message in skipped], dtype=str),
+        )
     return dataset
 
 
@@ -784,26 +789,6 @@ def _read_cache(cache_path):
     except Exception as error:  # a damaged cache is rebuilt, never trusted
         logger.warning("ignoring unreadable cache %s (%s)", cache_path, error)
         return None
-
-
-def _write_cache(cache_path, dataset, skipped) -> None:
-    temporary = f"{cache_path}.{os.getpid()}.tmp.npz"
-    try:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        np.savez(
-            temporary,
-            packed=dataset.packed,
-            names=dataset.names,
-            labels=dataset.labels,
-            category_names=np.array(dataset.category_names),
-            skipped_files=np.array([name for name, _ in skipped], dtype=str),
-            skipped_errors=np.array([message for _, message in skipped], dtype=str),
-        )
-        os.replace(temporary, cache_path)  # atomic: a reader sees the old file or the whole new one
-    except OSError as error:  # a read-only cache folder must not stop training
-        logger.warning("could not write cache %s (%s)", cache_path, error)
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _write_report(report_path, selected, labels, category_names, infos, errors) -> None:
