@@ -249,6 +249,30 @@ def test_progress_shows_epochs_and_the_whole_runs_eta():
     assert progress.line().startswith("epoch 2/100 · step     10/30,000 ·")
 
 
+def test_progress_measures_the_step_time_after_every_variant_has_compiled():
+    # Lazy R1: step 1 compiles the R1 variant, step 2 the plain one; the rate must not count the second compilation.
+    clock = FakeClock()
+    progress = Progress(1_000, 100, 10, stream=io.StringIO(), clock=clock, warmup_steps=2)
+    for step, seconds in ((1, 20.0), (2, 5.0), (3, 0.02), (4, 0.02)):
+        clock.now += seconds
+        progress.step_done(step, 0, step)
+        progress.synced(step)
+    assert progress.first_step_seconds == 20.0
+    assert progress.warmup_seconds == 25.0
+    assert progress.seconds_per_step() == pytest.approx(0.02)
+    assert progress.estimated_total_seconds() == pytest.approx(25.0 + 0.02 * 998)
+
+
+def test_recipe_counts_the_steps_until_both_variants_have_run():
+    from threedgan.training_step import Recipe
+
+    lazy = Recipe(loss="logistic", r1_gamma=10.0, r1_interval=4)
+    # Iteration 0 adds R1 and 1 does not; from iteration 1 on, the next R1 comes at iteration 4.
+    assert [lazy.steps_to_compile(start) for start in range(5)] == [2, 4, 3, 2, 2]
+    assert Recipe(r1_gamma=0.0).steps_to_compile(7) == 1
+    assert Recipe(loss="logistic", r1_gamma=10.0, r1_interval=1).steps_to_compile(0) == 1
+
+
 def test_progress_speaks_every_ten_seconds_while_a_step_is_slow():
     clock, stream = FakeClock(), io.StringIO()
     progress = Progress(100, 10, 10, start_step=40, stream=stream, clock=clock)
@@ -323,6 +347,14 @@ def test_clock_checkpoints_come_without_step_checkpoints(data_dir, tmp_path, fas
     assert train_main(argv) == 0
     assert checkpoint_steps(str(tmp_path / "clock")) == [1, 2, 3], "due after every step, the newest 3 kept"
     assert any("wrote checkpoint" in record.getMessage() and "ckpt-00000001" in record.getMessage() for record in caplog.records)
+
+
+def test_the_start_up_estimate_waits_until_both_step_variants_have_compiled(data_dir, tmp_path, fast_networks, caplog):
+    caplog.set_level(logging.INFO, logger="threedgan")
+    assert train_main(arguments(data_dir, tmp_path, "estimate")) == 0  # lazy R1, 2 epochs of 3 steps
+    lines = [record.getMessage() for record in caplog.records if "compilation included" in record.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("first 2 steps "), lines
+    assert "3 steps to go" in lines[0] and "on the CPU: CPUs are for tests" in lines[0]
 
 
 def test_sigterm_writes_the_top_level_weights_that_generate_reads(data_dir, tmp_path, fast_networks, monkeypatch, capsys, caplog):

@@ -262,7 +262,7 @@ class Config:
     image_every_steps: int = 100
     images_per_log: int = 4
     mesh_every_steps: int = 500
-    metrics_every_steps: int = 100
+    metrics_every_steps: int = 200
     set_metrics_every_steps: int = 1000
     metrics_samples: int = 64
     metrics_references: int = 64

@@ -82,6 +82,8 @@ class Progress:
         stream: where lines go (default `sys.stdout`, resolved at each write).
         heartbeat_seconds: the longest silence.
         clock: seconds, monotonic (tests pass a fake one).
+        warmup_steps: this process's first steps that compile (one for each variant of the step, e.g. with and without
+            lazy R1); the step time is measured from the end of the last of them.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class Progress:
         stream=None,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         clock=time.monotonic,
+        warmup_steps: int = 1,
     ):
         self.total_steps = int(total_steps)
         self.steps_per_epoch = int(steps_per_epoch)
@@ -110,6 +113,8 @@ class Progress:
         self.first_sync = None  # (step, time) of the first synced step after this process's first
         self.last_sync = None
         self.first_step_seconds = None
+        self.warmup_steps = max(1, int(warmup_steps))
+        self.warmup_seconds = None  # this process's first `warmup_steps` steps, compilation included
         self.metrics = {}
         self.status = ""  # e.g. "writing checkpoint"
         self._last_print = None
@@ -169,11 +174,13 @@ class Progress:
         with self._lock:
             if metrics:
                 self.metrics = dict(metrics)
+            if step == self.start_step + 1:
+                self.first_step_seconds = now - self.started
             if self.first_sync is None:
-                # This process's first sync holds the compilation: the rate is measured from here on.
-                self.first_sync = (step, now)
-                if step == self.start_step + 1:
-                    self.first_step_seconds = now - self.started
+                if step >= self.start_step + self.warmup_steps:
+                    # Every variant of the step has compiled by now: the rate is measured from here on.
+                    self.first_sync = (step, now)
+                    self.warmup_seconds = now - self.started
             elif step > self.first_sync[0]:
                 self.last_sync = (step, now)
 
@@ -213,6 +220,8 @@ class Progress:
         rate = self.seconds_per_step()
         if rate is None:
             return None
+        if self.warmup_seconds is not None:
+            return self.warmup_seconds + rate * max(0, self.total_steps - self.warmup_steps)
         first = self.first_step_seconds or rate
         return first + rate * max(0, self.total_steps - 1)
 

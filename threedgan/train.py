@@ -230,6 +230,7 @@ class Trainer:
         self._checkpoint_clock = None  # monotonic time of this process's start or its last checkpoint
         self._clock_checkpoints = 0  # checkpoints written by this process
         self._estimate_reported = False
+        self._warmup_steps = 1  # this session's steps until every variant of the step has compiled
         self._last_metrics_step = None
         self._last_samples_step = None
         self.run_name = config.run_name or time.strftime(f"{'-'.join(config.categories)}-%Y%m%d-%H%M%S")
@@ -301,12 +302,14 @@ class Trainer:
             started = time.perf_counter()
             self._checkpoint_clock = time.monotonic()
             self._session_start_step = self.step_count
+            self._warmup_steps = self.gan.step.recipe.steps_to_compile(self.gan.step.iterations)
             self.progress = Progress(
                 total_steps,
                 self.batches_per_epoch,
                 config.epochs,
                 start_step=self.step_count,
                 time_budget_seconds=60 * config.time_budget_minutes if config.time_budget_minutes else None,
+                warmup_steps=self._warmup_steps,
             )
             with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals():
                 self._write_graphs()
@@ -400,14 +403,14 @@ class Trainer:
             meshes_due = bool(config.mesh_every_steps) and self.step_count % config.mesh_every_steps == 0
             metrics_due, set_metrics_due = self.metrics.due(self.step_count)
             stopping = self.stop_signal is not None
-            # This session's first two steps are fetched at once: their times give the start-up estimate.
+            # Some of this session's first steps are fetched at once: their times give the start-up estimate.
             if (
                 len(pending) >= self.log_every_steps
                 or last_batch
                 or budget_spent
                 or checkpoint_due
                 or stopping
-                or self._session_steps <= 2
+                or self._session_steps in (1, self._warmup_steps, self._warmup_steps + 1)
                 or images_due
                 or meshes_due
                 or metrics_due
@@ -440,18 +443,22 @@ class Trainer:
                 # Counted, since not every step reports every metric (R1).
                 self.epoch_totals[COUNT_PREFIX + name] = self.epoch_totals.get(COUNT_PREFIX + name, 0.0) + 1
         self.progress.synced(self.step_count, metrics)
-        if not self._estimate_reported and (self._session_steps >= 2 or self.step_count >= self._total_steps()):
+        if not self._estimate_reported and (
+            self._session_steps > self._warmup_steps or self.step_count >= self._total_steps()
+        ):
             self._estimate_reported = True
             self._report_estimate()
 
     def _report_estimate(self) -> None:
-        """The start-up line, once this session's first two steps are timed: first step, step time, total."""
+        """The start-up line, once this session's first steps are timed: compilation, step time, total."""
         progress = self.progress
         remaining = progress.remaining_seconds()
         elapsed = time.monotonic() - progress.started
         steps_left = max(0, self._total_steps() - self.step_count)
+        warmup = progress.first_sync[0] - progress.start_step if progress.first_sync else 1
+        first = progress.warmup_seconds if progress.warmup_seconds is not None else progress.first_step_seconds
         text = (
-            f"first step {format_step_time(progress.first_step_seconds)} (compilation included), then "
+            f"first {'step' if warmup == 1 else f'{warmup} steps'} {format_step_time(first)} (compilation included), then "
             f"{format_step_time(progress.seconds_per_step())} a step: {steps_left:,} steps to go, "
             f"estimated total {format_duration(None if remaining is None else elapsed + remaining)}"
             + (" (time budget)" if self.config.time_budget_minutes else "")

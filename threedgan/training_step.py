@@ -84,6 +84,15 @@ class Recipe:
             ema_decay=config.ema_decay,
         )
 
+    def steps_to_compile(self, start: int) -> int:
+        """Iterations from iteration `start` on until each variant of the step (with and without R1) has run once."""
+        variants = 2 if self.r1_gamma > 0 and self.r1_interval > 1 else 1
+        seen, count = set(), 0
+        while len(seen) < variants:
+            seen.add(self.regularizes(start + count))
+            count += 1
+        return count
+
     def regularizes(self, iteration: int) -> bool:
         """Whether iteration `iteration` (counted from 0) adds the R1 penalty."""
         return self.r1_gamma > 0 and iteration % self.r1_interval == 0
