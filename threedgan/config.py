@@ -266,7 +266,7 @@ class Config:
     set_metrics_every_steps: int = 1000
     metrics_samples: int = 64
     metrics_references: int = 64
-    checkpoint_every_steps: int = 500
+    checkpoint_every_steps: int = 5000
     checkpoint_every_minutes: float = 10.0
     keep_checkpoints: int = 3
 
