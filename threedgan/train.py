@@ -291,8 +291,9 @@ class Trainer:
             )
             if not accelerator_present():
                 logger.warning(
-                    "training on the CPU: fine for tests and smoke runs, far too slow for real training (about a "
-                    "minute a step at batch 32 on 2 cores); on an NVIDIA GPU: %s", GPU_COMMAND,
+                    "training on the CPU: fine for tests and smoke runs, far too slow for real training (10–60 s a "
+                    "step at batch 32 on 2 cores, the estimate follows after the first steps); on an NVIDIA GPU: %s",
+                    GPU_COMMAND,
                 )
             if keras.backend.backend() == "torch" and accelerator_present():
                 logger.info("hint: on an H100 the JAX backend (KERAS_BACKEND=jax) ran this step 5x faster; README 'Speed'")
