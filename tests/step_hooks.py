@@ -1,6 +1,9 @@
-"""Test helpers that act on a training run from inside its loop: wrap the step, raise signals, list checkpoints."""
+"""Test helpers that act on a training run from inside its loop (wrap the step, raise signals) and read what it
+wrote (checkpoints, weights files)."""
 import os
 import signal
+
+import h5py
 
 import threedgan.train as train_module
 from threedgan import checkpoint as checkpoints
@@ -47,3 +50,11 @@ def raise_signals(*numbers):
 
 def checkpoint_steps(output_dir):
     return [step for step, _ in checkpoints.CheckpointFolder(os.path.join(output_dir, "checkpoints"), 99).steps_and_paths()]
+
+
+def h5_arrays(path):
+    """Every dataset of an HDF5 file, by its path inside the file."""
+    arrays = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return arrays

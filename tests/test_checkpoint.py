@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -21,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import threedgan.train as train_module
 from tests.conftest import write_tree
 from tests.fast_models import fast_builders
-from tests.step_hooks import checkpoint_steps, raise_signals, wrap_step
+from tests.step_hooks import checkpoint_steps, h5_arrays, raise_signals, wrap_step
 from threedgan import checkpoint as checkpoints
 from threedgan.cli import train_main
 from threedgan.config import Config
@@ -59,13 +58,6 @@ def step_scalars(logdir, tag):
     events = EventAccumulator(logdir)
     events.Reload()
     return [(event.step, event.value) for event in events.Scalars(tag)]
-
-
-def weights_arrays(path):
-    arrays = {}
-    with h5py.File(path, "r") as file:
-        file.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
-    return arrays
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +103,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resuming_matches_an_uninterrupted_run(
         assert resumed == reference, tag
     assert len(step_scalars(str(tmp_path / "logs" / "resumed"), "step/g_loss")) == EPOCHS * STEPS_PER_EPOCH
     for name in ("generator_weights.h5", "discriminator_weights.h5"):
-        reference, resumed = weights_arrays(os.path.join(reference_dir, name)), weights_arrays(os.path.join(output_dir, name))
+        reference, resumed = h5_arrays(os.path.join(reference_dir, name)), h5_arrays(os.path.join(output_dir, name))
         assert reference.keys() == resumed.keys()
         for key in reference:
             np.testing.assert_array_equal(resumed[key], reference[key], err_msg=f"{name}:{key}")

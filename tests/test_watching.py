@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 
-import h5py
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, TENSORS, EventAccumulator
@@ -25,7 +24,7 @@ from tensorboard.util import tensor_util
 import threedgan.train as train_module
 from tests.conftest import write_tree
 from tests.fast_models import fast_builders
-from tests.step_hooks import checkpoint_steps, raise_signals, wrap_step
+from tests.step_hooks import checkpoint_steps, h5_arrays, raise_signals, wrap_step
 from threedgan import checkpoint as checkpoints
 from threedgan import monitor, quiet
 from threedgan.cli import generate_main, train_main, train_parser
@@ -64,13 +63,6 @@ def load_events(logdir):
     events = EventAccumulator(str(logdir), size_guidance={SCALARS: 0, TENSORS: 0})
     events.Reload()
     return events
-
-
-def h5_arrays(path):
-    arrays = {}
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
-    return arrays
 
 
 # ------------------------------------------------------------------------------------------ TensorBoard and jsonl
