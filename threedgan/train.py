@@ -230,7 +230,6 @@ class Trainer:
         self._checkpoint_clock = None  # monotonic time of this process's start or its last checkpoint
         self._clock_checkpoints = 0  # checkpoints written by this process
         self._estimate_reported = False
-        self._warmup_steps = 1  # this session's steps until every variant of the step has compiled
         self._last_metrics_step = None
         self._last_samples_step = None
         self.run_name = config.run_name or time.strftime(f"{'-'.join(config.categories)}-%Y%m%d-%H%M%S")
@@ -303,14 +302,13 @@ class Trainer:
             started = time.perf_counter()
             self._checkpoint_clock = time.monotonic()
             self._session_start_step = self.step_count
-            self._warmup_steps = self.gan.step.recipe.steps_to_compile(self.gan.step.iterations)
             self.progress = Progress(
                 total_steps,
                 self.batches_per_epoch,
                 config.epochs,
                 start_step=self.step_count,
                 time_budget_seconds=60 * config.time_budget_minutes if config.time_budget_minutes else None,
-                warmup_steps=self._warmup_steps,
+                warmup_steps=self.gan.step.recipe.steps_to_compile(self.gan.step.iterations),
             )
             with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals():
                 self._write_graphs()
@@ -404,14 +402,15 @@ class Trainer:
             meshes_due = bool(config.mesh_every_steps) and self.step_count % config.mesh_every_steps == 0
             metrics_due, set_metrics_due = self.metrics.due(self.step_count)
             stopping = self.stop_signal is not None
-            # Some of this session's first steps are fetched at once: their times give the start-up estimate.
+            # The first step and the two after every variant of the step has compiled are fetched at once: their
+            # times give the start-up estimate.
             if (
                 len(pending) >= self.log_every_steps
                 or last_batch
                 or budget_spent
                 or checkpoint_due
                 or stopping
-                or self._session_steps in (1, self._warmup_steps, self._warmup_steps + 1)
+                or self._session_steps in (1, self.progress.warmup_steps, self.progress.warmup_steps + 1)
                 or images_due
                 or meshes_due
                 or metrics_due
@@ -445,7 +444,7 @@ class Trainer:
                 self.epoch_totals[COUNT_PREFIX + name] = self.epoch_totals.get(COUNT_PREFIX + name, 0.0) + 1
         self.progress.synced(self.step_count, metrics)
         if not self._estimate_reported and (
-            self._session_steps > self._warmup_steps or self.step_count >= self._total_steps()
+            self._session_steps > self.progress.warmup_steps or self.step_count >= self._total_steps()
         ):
             self._estimate_reported = True
             self._report_estimate()
@@ -456,8 +455,10 @@ class Trainer:
         remaining = progress.remaining_seconds()
         elapsed = time.monotonic() - progress.started
         steps_left = max(0, self._total_steps() - self.step_count)
-        warmup = progress.first_sync[0] - progress.start_step if progress.first_sync else 1
-        first = progress.warmup_seconds if progress.warmup_seconds is not None else progress.first_step_seconds
+        # A run shorter than its warm-up reports its first step alone.
+        warmup, first = progress.warmup_steps, progress.warmup_seconds
+        if first is None:
+            warmup, first = 1, progress.first_step_seconds
         text = (
             f"first {'step' if warmup == 1 else f'{warmup} steps'} {format_step_time(first)} (compilation included), then "
             f"{format_step_time(progress.seconds_per_step())} a step: {steps_left:,} steps to go, "
