@@ -214,6 +214,8 @@ def make_train_step(
     models = {"generator": generator, "critic": discriminator_logits(discriminator), "discriminator": discriminator}
     optimizers = {"generator": generator_optimizer, "discriminator": discriminator_optimizer}
     backend = keras.backend.backend()
+    if backend == "torch":
+        enable_cudnn_autotuning()
     if backend == "jax":
         engine_class = _StateEngine
     elif backend in ("tensorflow", "torch"):
@@ -221,6 +223,18 @@ def make_train_step(
     else:
         raise NotImplementedError(f"threedgan trains on the jax, tensorflow and torch backends, not {backend!r}")
     return TrainStep(engine_class, models, optimizers, generator_average, recipe)
+
+
+def enable_cudnn_autotuning():
+    """PyTorch with CUDA: lets cuDNN time its convolution algorithms once per shape and keep the fastest.
+
+    Every iteration has the same shapes (batch, 64³), so the one-off timing pays for itself within a few steps; left
+    off, cuDNN picks by heuristics, which choose slow algorithms for these 3-D convolutions.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
 
 
 def _variable_groups(models, optimizers, generator_average):
