@@ -82,6 +82,7 @@ FIELDS_FREE_ON_RESUME = (
     "data_format",
     "deconvolution",
     "first_convolution",
+    "torch_compile",
     "output_dir",
     "logdir",
     "run_name",
