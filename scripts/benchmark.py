@@ -73,7 +73,7 @@ RECIPE_PRESETS = {"chapter": "book", "stable": "r1-ema"}
 
 def time_iterations(
     precision, batch, iterations, warmup, data_format="auto", deconvolution="auto", seed=0, first_convolution="auto",
-    recipe="chapter", torch_compile="auto",
+    recipe="chapter",
 ):
     """Times the training step; with R1 every N-th iteration, whole cycles of N, so the penalty's share is counted."""
     import keras
@@ -84,7 +84,6 @@ def time_iterations(
     from threedgan.models import resolve_data_format, resolve_deconvolution, resolve_first_convolution
     from threedgan.models import accelerator_present, configure_precision
     from threedgan.train import Gan
-    from threedgan.training_step import resolve_torch_compile
 
     config = Config.from_preset(
         RECIPE_PRESETS[recipe],
@@ -93,7 +92,6 @@ def time_iterations(
         data_format=data_format,
         deconvolution=deconvolution,
         first_convolution=first_convolution,
-        torch_compile=torch_compile,
         seed=seed,
     )
     compute_dtype = configure_precision(config)
@@ -130,7 +128,6 @@ def time_iterations(
         data_format=resolve_data_format(config),
         deconvolution=resolve_deconvolution(config),
         first_convolution=resolve_first_convolution(config),
-        torch_compile=resolve_torch_compile(config),
         batch=batch,
         median_s=round(median, 4),
         samples_per_s=round(batch / median, 1),
@@ -200,7 +197,7 @@ def time_data_path(data_dir, category, rotations, batch, batches):
 
 
 def main(argv=None):
-    from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES, FIRST_CONVOLUTION_CHOICES, TORCH_COMPILE_CHOICES
+    from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES, FIRST_CONVOLUTION_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="reduced CPU mode: batch 2, 2 iterations, float32")
@@ -208,8 +205,6 @@ def main(argv=None):
     parser.add_argument("--data-format", nargs="+", default=["auto"], choices=DATA_FORMAT_CHOICES)
     parser.add_argument("--deconvolution", nargs="+", default=["auto"], choices=DECONVOLUTION_CHOICES)
     parser.add_argument("--first-convolution", nargs="+", default=["auto"], choices=FIRST_CONVOLUTION_CHOICES)
-    parser.add_argument("--torch-compile", nargs="+", default=["auto"], choices=TORCH_COMPILE_CHOICES,
-                        help="torch backend: the step through torch.compile (auto: on with CUDA)")
     parser.add_argument("--recipe", nargs="+", default=None, choices=list(RECIPE_PRESETS),
                         help="chapter: the book's iteration; stable: the default r1-ema recipe (R1 share counted); "
                         "default both (--cpu: stable)")
@@ -232,9 +227,7 @@ def main(argv=None):
         for recipe, precision in ((r, p) for r in arguments.recipe for p in arguments.precision or ["bfloat16", "float32"]):
             for data_format in arguments.data_format:
                 for deconvolution in arguments.deconvolution:
-                    for first_convolution, torch_compile in (
-                        (f, c) for f in arguments.first_convolution for c in arguments.torch_compile
-                    ):
+                    for first_convolution in arguments.first_convolution:
                         results.append(
                             time_iterations(
                                 precision,
@@ -245,7 +238,6 @@ def main(argv=None):
                                 deconvolution,
                                 first_convolution=first_convolution,
                                 recipe=recipe,
-                                torch_compile=torch_compile,
                             )
                         )
                         print(json.dumps(results[-1]), flush=True)

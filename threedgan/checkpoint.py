@@ -82,7 +82,6 @@ FIELDS_FREE_ON_RESUME = (
     "data_format",
     "deconvolution",
     "first_convolution",
-    "torch_compile",
     "output_dir",
     "logdir",
     "run_name",

@@ -21,7 +21,6 @@ from threedgan.config import (
     DECONVOLUTION_CHOICES,
     DEFAULT_PRESET,
     FIRST_CONVOLUTION_CHOICES,
-    TORCH_COMPILE_CHOICES,
     LOSS_CHOICES,
     PRESETS,
 )
@@ -328,11 +327,6 @@ def train_parser() -> argparse.ArgumentParser:
         "--first-convolution",
         choices=FIRST_CONVOLUTION_CHOICES,
         help="how D's first convolution is computed, a speed setting (default auto: space_to_depth on jax)",
-    )
-    recipe.add_argument(
-        "--torch-compile",
-        choices=TORCH_COMPILE_CHOICES,
-        help="torch backend: run the training step through torch.compile, a speed setting (default auto: on with CUDA)",
     )
     recipe.add_argument(
         "--devices",

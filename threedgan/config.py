@@ -23,7 +23,6 @@ CONFIG_FILENAME = "config.json"
 DATA_FORMAT_CHOICES = ("auto", "channels_last", "channels_first")
 DECONVOLUTION_CHOICES = ("auto", "transposed", "subpixel")
 FIRST_CONVOLUTION_CHOICES = ("auto", "plain", "space_to_depth")  # `resolve_first_convolution`
-TORCH_COMPILE_CHOICES = ("auto", "on", "off")  # `threedgan.training_step.resolve_torch_compile`
 
 # The recipes. `book` is the chapter's (Packt, chapter 2) and `paper` the authors' (Wu et al. 2016, section 4), each
 # exactly; `better` keeps the chapter's loop and changes only its optimizers and labels. `r1-ema`, the default, keeps
@@ -171,9 +170,6 @@ class Config:
         first_convolution: how the discriminator's first convolution is computed: `"auto"` (by backend, see
             `threedgan.models.resolve_first_convolution`), `"plain"` (Keras' `Conv3D`) or `"space_to_depth"` (the
             same layer and weights on the space-to-depth rearranged input). Also a speed setting only.
-        torch_compile: PyTorch backend: whether the training step runs through `torch.compile`: `"auto"` (on with
-            CUDA, off on CPUs, where compiling costs minutes; see `threedgan.training_step.resolve_torch_compile`),
-            `"on"` or `"off"`. Ignored by the other backends, which always compile. A speed setting only.
 
     Recipe (see `threedgan.training_step`):
         preset: the preset this config started from (one of `PRESETS`), kept for the record.
@@ -238,7 +234,6 @@ class Config:
     data_format: str = "auto"
     deconvolution: str = "auto"
     first_convolution: str = "auto"
-    torch_compile: str = "auto"
 
     preset: str = DEFAULT_PRESET
     batch_size: int = _DEFAULT["batch_size"]
@@ -346,7 +341,6 @@ class Config:
                 self.first_convolution in FIRST_CONVOLUTION_CHOICES,
                 "must be " + _one_of(FIRST_CONVOLUTION_CHOICES),
             ),
-            ("torch_compile", self.torch_compile in TORCH_COMPILE_CHOICES, "must be " + _one_of(TORCH_COMPILE_CHOICES)),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
             ("generator_learning_rate", self.generator_learning_rate > 0, "must be positive"),

@@ -61,7 +61,7 @@ from threedgan.models import (
     generate_volumes,
 )
 from threedgan.progress import Progress, device_description, format_duration, format_step_time
-from threedgan.training_step import Recipe, make_train_step, resolve_torch_compile
+from threedgan.training_step import Recipe, make_train_step
 from threedgan.weights import save_weights_h5
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,6 @@ class Gan:
             discriminator_optimizer,
             recipe=Recipe.from_config(config),
             generator_average=generator_average,
-            torch_compile=resolve_torch_compile(config),
         )
         return cls(config, generator, discriminator, generator_optimizer, discriminator_optimizer, generator_average, step)
 

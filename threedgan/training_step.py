@@ -23,9 +23,7 @@ again), where the state lives and how the iteration is compiled.
   the Keras variables are a mirror written by `sync_variables()`.
 - TensorFlow and PyTorch (`_VariableEngine`): the state is the Keras variables themselves, updated through
   `optimizer.apply` (Keras' TensorFlow optimizers have no `stateless_apply`, since `tf.distribute` needs variables).
-  TensorFlow compiles the iteration with `tf.function`; PyTorch runs it eagerly, or through `torch.compile` (the
-  default with CUDA, `resolve_torch_compile`) except in the iterations that add R1, since the graphs `torch.compile`
-  makes cannot be differentiated twice.
+  TensorFlow compiles the iteration with `tf.function`; PyTorch runs it eagerly.
 """
 
 from __future__ import annotations
@@ -188,7 +186,6 @@ def make_train_step(
     discriminator_optimizer,
     recipe: Recipe = Recipe(),
     generator_average=None,
-    torch_compile: bool = False,
 ):
     """Returns the training step for the active Keras backend.
 
@@ -199,8 +196,6 @@ def make_train_step(
         recipe: what an iteration does (`Recipe`).
         generator_average: a second generator model that holds the average of G's weights; required when
             `recipe.ema_decay > 0`. Its BatchNorm statistics are copied from G's.
-        torch_compile: PyTorch backend: run the iterations without R1 through `torch.compile` (see
-            `resolve_torch_compile`). Ignored elsewhere.
 
     Returns:
         A `TrainStep`: `step(real_packed, latents_fake, latents_generator) -> dict of scalar tensors` (see
@@ -227,40 +222,7 @@ def make_train_step(
         engine_class = _VariableEngine
     else:
         raise NotImplementedError(f"threedgan trains on the jax, tensorflow and torch backends, not {backend!r}")
-    step = TrainStep(engine_class, models, optimizers, generator_average, recipe)
-    if backend == "torch" and torch_compile:
-        step.compile_torch()
-    return step
-
-
-def resolve_torch_compile(config) -> bool:
-    """Whether the PyTorch backend runs the training step through `torch.compile`, resolving `"auto"`.
-
-    `auto` is on where CUDA is available: Keras' PyTorch backend otherwise runs each layer's operations one kernel at
-    a time, BatchNorm as a chain of float32 element-wise kernels, and copies every Python constant to the GPU with a
-    synchronisation; compiled, they fuse and the copies go (README "Speed" has the numbers). On CPUs compiling the
-    step takes minutes, more than short runs gain.
-
-    Args:
-        config: a `threedgan.config.Config`.
-
-    Returns:
-        `True` or `False`; `False` on the other backends.
-
-    Raises:
-        ValueError: an unknown `config.torch_compile`.
-    """
-    from threedgan.config import TORCH_COMPILE_CHOICES
-
-    if config.torch_compile not in TORCH_COMPILE_CHOICES:
-        raise ValueError(f"torch_compile must be one of {TORCH_COMPILE_CHOICES}, got {config.torch_compile!r}")
-    if keras.backend.backend() != "torch" or config.torch_compile == "off":
-        return False
-    if config.torch_compile == "on":
-        return True
-    import torch
-
-    return torch.cuda.is_available()
+    return TrainStep(engine_class, models, optimizers, generator_average, recipe)
 
 
 def enable_cudnn_autotuning():
@@ -424,24 +386,6 @@ class TrainStep:
                 self._compiled = self._mirrored(engine)
             # The Python bools (`regularize`, the paper's rule) give one trace each, no graph-level branching.
             self._compiled = tf.function(self._compiled, reduce_retracing=True)
-
-    def compile_torch(self):
-        """PyTorch: runs the iterations without R1 through `torch.compile`, the R1 iterations eagerly.
-
-        R1 differentiates D's input gradients again, and the graphs that `torch.compile` makes cannot be differentiated
-        twice. Shapes never change, so the graphs are compiled for fixed shapes (`dynamic=False`), once for each value
-        of the Python switches.
-        """
-        import torch
-
-        eager = self._compiled
-        compiled = torch.compile(eager, dynamic=False)
-
-        def run(real_packed, latents_fake, latents_generator, regularize, update):
-            function = eager if regularize else compiled
-            return function(real_packed, latents_fake, latents_generator, regularize, update)
-
-        self._compiled = run
 
     def _pure_iteration(self, state, real_packed, latents_fake, latents_generator, regularize):
         engine = _StateEngine(self.models, self.optimizers, state)
