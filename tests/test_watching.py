@@ -181,6 +181,44 @@ def test_training_metrics_match_evaluate_and_see_collapse(monkeypatch):
     assert metrics.evaluations == 2 and metrics.seconds > 0
 
 
+def test_metrics_are_measured_beside_training_and_all_written_by_the_end(data_dir, tmp_path, fast_networks, monkeypatch):
+    """The host's share of the metrics (distances, writing) runs on the host-work thread while the next steps train:
+    the measurement of step 2 waits until the training thread has run step 3, which could not happen if both ran on
+    one thread. And every line is in metrics.jsonl when `train` returns."""
+    step_three_ran = threading.Event()
+    measured_on = []
+    measure = monitor.TrainingMetrics.measure
+
+    def waiting_measure(self, samples, seconds, with_set_metrics):
+        measured_on.append(threading.current_thread().name)
+        if len(measured_on) == 1:
+            assert step_three_ran.wait(timeout=120), "training did not go on while step 2's metrics were measured"
+        return measure(self, samples, seconds, with_set_metrics)
+
+    monkeypatch.setattr(monitor.TrainingMetrics, "measure", waiting_measure)
+    wrap_step(monkeypatch, 3, lambda step, metrics: step_three_ran.set())
+    argv = arguments(data_dir, tmp_path, "beside", "--metrics-every-steps", "2", "--metrics-samples", "4",
+                     "--metrics-references", "3", "--checkpoint-every-steps", "0", "--checkpoint-every-minutes", "10")
+    assert train_main(argv) == 0
+    assert [record["step"] for record in monitor.read_metrics(str(tmp_path / "beside"))] == [2, 4, 6]
+    assert measured_on and all(name.startswith("threedgan-host") for name in measured_on), measured_on
+
+
+def test_host_work_keeps_order_and_raises_in_the_training_thread():
+    work, done = train_module._HostWork(), []
+    try:
+        for index in range(5):
+            work.submit(done.append, index)
+            assert len(work._pieces) <= work.OUTSTANDING
+        work.wait()
+        assert done == [0, 1, 2, 3, 4]
+        work.submit(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            work.wait()
+    finally:
+        work.close()
+
+
 def test_metrics_log_drops_its_own_lines_past_a_resumed_step(tmp_path):
     log = monitor.MetricsLog(str(tmp_path), "run-a")
     other = monitor.MetricsLog(str(tmp_path), "run-b")
@@ -378,12 +416,12 @@ def test_a_second_sigterm_exits_143_and_keeps_the_steps(data_dir, tmp_path, fast
 def test_a_stop_signal_cuts_metrics_short(data_dir, tmp_path, fast_networks, monkeypatch):
     reached = []
 
-    def evaluate(self, generator, with_set_metrics):
+    def generate(self, generator):  # the metrics' share on the training thread
         signal.raise_signal(signal.SIGINT)
         reached.append(True)  # never runs: the handler raises at the next instruction
-        return {}
+        return None, 0.0
 
-    monkeypatch.setattr(monitor.TrainingMetrics, "evaluate", evaluate)
+    monkeypatch.setattr(monitor.TrainingMetrics, "generate", generate)
     argv = arguments(data_dir, tmp_path, "cut", "--metrics-every-steps", "2", "--checkpoint-every-steps", "0", "--checkpoint-every-minutes", "10")
     assert train_main(argv) == 128 + signal.SIGINT
     assert reached == [] and not (tmp_path / "cut" / "metrics.jsonl").exists()

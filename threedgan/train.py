@@ -86,6 +86,40 @@ class _SkipOptionalWork(BaseException):
     BaseException, as KeyboardInterrupt, so that no `except Exception` on the way swallows it)."""
 
 
+class _HostWork:
+    """One thread for the host's share of sample images and metrics (rendering, meshing, distances, writing them),
+    so the accelerator trains the next steps meanwhile; only generating the samples holds up training.
+
+    Pieces run one at a time, in the order given. `submit` waits while two are outstanding (so memory stays bounded
+    and a slow host cannot fall ever further behind), and `wait` re-raises a piece's exception in the training
+    thread, as if it had run there.
+    """
+
+    OUTSTANDING = 2
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threedgan-host")
+        self._pieces = []
+
+    def submit(self, function, *arguments) -> None:
+        while len(self._pieces) >= self.OUTSTANDING:
+            self._pieces.pop(0).result()
+        self._pieces.append(self._executor.submit(function, *arguments))
+
+    def wait(self) -> None:
+        """Until every piece has run."""
+        while self._pieces:
+            self._pieces.pop(0).result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._executor.shutdown(wait=True)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised once a stop signal has been honoured; the message says what was saved where.
 
@@ -220,6 +254,7 @@ class Trainer:
         self.stop_signal = None  # set by a signal handler, honoured between steps
         self.write_hparams = hparams
         self._optional_work = False  # inside sample images or metrics, which a stop signal cuts short
+        self.host_work = None  # `_HostWork` while `train` runs
         self.signals_received = 0
         self.metrics = TrainingMetrics(config, self.dataset)
         self.metrics_log = None
@@ -310,7 +345,8 @@ class Trainer:
                 time_budget_seconds=60 * config.time_budget_minutes if config.time_budget_minutes else None,
                 warmup_steps=self.gan.step.recipe.steps_to_compile(self.gan.step.iterations),
             )
-            with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals():
+            self.host_work = _HostWork()
+            with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals(), contextlib.closing(self.host_work):
                 self._write_graphs()
                 self._write_run_record(writer)
                 self.progress.start()
@@ -328,6 +364,7 @@ class Trainer:
                 if (every and self.step_count >= every) or (every_set and self.step_count >= every_set):
                     if self._last_metrics_step != self.step_count:
                         self._log_metrics(writer, with_set_metrics=bool(every_set) and self.step_count >= every_set)
+                self.host_work.wait()
                 self._report_metrics_cost(started)
             if self._checkpoints_on() and self._steps_since_checkpoint():
                 self._save_checkpoint()
@@ -555,6 +592,9 @@ class Trainer:
         return self.step_count - (self.last_checkpoint[1] if self.last_checkpoint else 0)
 
     def _save_checkpoint(self) -> str:
+        if self.host_work is not None:
+            # metrics.jsonl holds every line up to this step before the checkpoint does (a resume keeps those lines).
+            self.host_work.wait()
         state = TrainingState(
             step=self.step_count,
             epoch=self.epoch,
@@ -733,39 +773,49 @@ class Trainer:
         return rows
 
     def _log_images(self, writer, images: bool = True, meshes: bool = False) -> None:
-        """Sample renders (`samples`) and meshes (`mesh/sample_N`, the MESH tab) of the fixed image latents."""
-        from threedgan.render import render_grid
-
+        """Sample renders (`samples`) and meshes (`mesh/sample_N`, the MESH tab) of the fixed image latents: generated
+        here, rendered and written on the host-work thread."""
         if self.stop_signal is not None:
             return
         with self._optional("sample images"):
             self.progress.set_status("sample images")
             self.gan.step.sync_variables()
             volumes = generate_volumes(self.gan.sampling_generator, self.image_latents, self.config.batch_size)
-            if images:
-                writer.image("samples", render_grid(volumes, image_size=128), self.step_count)
-            if meshes:
-                for index, volume in enumerate(volumes):
-                    mesh = tensorboard_mesh(volume)
-                    if mesh is not None:
-                        vertices, faces, colors = mesh
-                        writer.mesh(f"mesh/sample_{index}", vertices, faces, self.step_count, colors=colors)
             self._last_samples_step = self.step_count
+            self.host_work.submit(self._write_samples, writer, volumes, self.step_count, images, meshes)
         self.progress.set_status("")
 
+    @staticmethod
+    def _write_samples(writer, volumes, step: int, images: bool, meshes: bool) -> None:
+        from threedgan.render import render_grid
+
+        if images:
+            writer.image("samples", render_grid(volumes, image_size=128), step)
+        if meshes:
+            for index, volume in enumerate(volumes):
+                mesh = tensorboard_mesh(volume)
+                if mesh is not None:
+                    vertices, faces, colors = mesh
+                    writer.mesh(f"mesh/sample_{index}", vertices, faces, step, colors=colors)
+
     def _log_metrics(self, writer, with_set_metrics: bool) -> None:
-        """Shape metrics of the fixed metric latents to TensorBoard (`metrics/*`) and `metrics.jsonl`."""
+        """Shape metrics of the fixed metric latents to TensorBoard (`metrics/*`) and `metrics.jsonl`: the samples
+        generated here, measured and written on the host-work thread."""
         if self.stop_signal is not None:
             return
         with self._optional("metrics"):
             self.progress.set_status("metrics")
             self.gan.step.sync_variables()
-            results = self.metrics.evaluate(self.gan.sampling_generator, with_set_metrics)
-            scalars = {name: value for name, value in results.items() if name not in ("samples", "references")}
-            writer.scalars(scalars, self.step_count, prefix="metrics/")
-            self.metrics_log.append(self.step_count, self.step_count / self.batches_per_epoch, results)
+            samples, seconds = self.metrics.generate(self.gan.sampling_generator)
             self._last_metrics_step = self.step_count
+            self.host_work.submit(self._write_metrics, writer, samples, seconds, with_set_metrics, self.step_count)
         self.progress.set_status("")
+
+    def _write_metrics(self, writer, samples, seconds: float, with_set_metrics: bool, step: int) -> None:
+        results = self.metrics.measure(samples, seconds, with_set_metrics)
+        scalars = {name: value for name, value in results.items() if name not in ("samples", "references")}
+        writer.scalars(scalars, step, prefix="metrics/")
+        self.metrics_log.append(step, step / self.batches_per_epoch, results)
 
     def _report_metrics_cost(self, started: float) -> None:
         if self.metrics.evaluations:
