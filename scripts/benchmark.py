@@ -8,8 +8,12 @@
 `--recipe chapter` times the chapter's iteration: generate B volumes, update D on B real and B generated volumes, update
 G on B fresh latents. `--recipe stable` times the default recipe (one D update on both batches, R1 every 4th
 iteration, G average), in whole 4-iteration cycles. `benchmarks/torch_baseline.py` runs the same two recipes on the
-same networks in plain PyTorch, so the samples/s of the two compare directly when both run on the same machine.
-Prints one JSON line per measurement.
+same networks in plain PyTorch, so the samples/s of the two compare directly when both run on the same machine;
+`--baseline FILE` reads its JSON lines (written just before, on the same machine) and adds to each row the speed
+ratio to the baseline's fastest time for the same recipe (`vs_baseline`). Prints one JSON line per measurement.
+
+    python benchmarks/torch_baseline.py --precision bfloat16 > baseline.jsonl
+    KERAS_BACKEND=jax python scripts/benchmark.py --precision bfloat16 --baseline baseline.jsonl
 """
 import argparse
 import json
@@ -139,6 +143,37 @@ def time_iterations(
     )
 
 
+# Recipe names as baselines spell them: benchmarks/torch_baseline.py uses ours; other yardsticks call the default
+# recipe `r1`.
+BASELINE_RECIPES = {"chapter": "chapter", "stable": "stable", "r1": "stable"}
+
+
+def baseline_times(path):
+    """The fastest `median_s` per recipe in a file of JSON lines (other lines are skipped).
+
+    Raises:
+        ConfigError: the file holds no line with a known `recipe` and a positive `median_s`.
+        OSError: the file cannot be read.
+    """
+    from threedgan.errors import ConfigError
+
+    best = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            recipe, seconds = BASELINE_RECIPES.get(row.get("recipe")), row.get("median_s")
+            if recipe and isinstance(seconds, (int, float)) and seconds > 0:
+                best[recipe] = min(best.get(recipe, seconds), seconds)
+    if not best:
+        raise ConfigError(f"--baseline {path}: no JSON line with a recipe ({', '.join(BASELINE_RECIPES)}) and a median_s")
+    return best
+
+
 def device_name():
     import keras
 
@@ -197,6 +232,12 @@ def time_data_path(data_dir, category, rotations, batch, batches):
 
 
 def main(argv=None):
+    from threedgan.cli import user_errors_to_exit_code
+
+    return user_errors_to_exit_code(_main)(argv)
+
+
+def _main(argv):
     from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES, FIRST_CONVOLUTION_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -216,7 +257,10 @@ def main(argv=None):
     parser.add_argument("--rotations", default="all", choices=["all", "canonical"])
     parser.add_argument("--skip-step", action="store_true", help="only time the data path")
     parser.add_argument("--json", help="append the JSON lines to this file too")
+    parser.add_argument("--baseline", metavar="FILE",
+                        help="JSON lines of benchmarks/torch_baseline.py from this machine: adds vs_baseline to each row")
     arguments = parser.parse_args(argv)
+    baseline = baseline_times(arguments.baseline) if arguments.baseline else {}
     if arguments.cpu:
         arguments.batch, arguments.iters, arguments.warmup = 2, 2, 0
         arguments.precision = arguments.precision or ["float32"]
@@ -240,6 +284,8 @@ def main(argv=None):
                                 recipe=recipe,
                             )
                         )
+                        if recipe in baseline:
+                            results[-1]["vs_baseline"] = round(baseline[recipe] / results[-1]["median_s"], 2)
                         print(json.dumps(results[-1]), flush=True)
     if arguments.data_dir:
         batches = 20 if arguments.cpu else 200
