@@ -204,9 +204,9 @@ def test_metrics_are_measured_beside_training_and_all_written_by_the_end(data_di
     assert measured_on and all(name.startswith("threedgan-host") for name in measured_on), measured_on
 
 
-def test_host_work_keeps_order_and_raises_in_the_training_thread():
-    work, done = train_module._HostWork(), []
-    try:
+def test_host_work_keeps_order_and_raises_in_the_training_thread(caplog):
+    done = []
+    with train_module._HostWork() as work:
         for index in range(5):
             work.submit(done.append, index)
             assert len(work._pieces) <= work.OUTSTANDING
@@ -215,8 +215,15 @@ def test_host_work_keeps_order_and_raises_in_the_training_thread():
         work.submit(lambda: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             work.wait()
-    finally:
-        work.close()
+    # A piece that fails while the run leaves for another reason is logged, not raised over that reason.
+    with pytest.raises(KeyboardInterrupt):
+        with train_module._HostWork() as work:
+            work.submit(lambda: 1 / 0)
+            raise KeyboardInterrupt
+    assert any("failed while the run was stopping" in record.getMessage() for record in caplog.records)
+    with pytest.raises(ZeroDivisionError):
+        with train_module._HostWork() as work:
+            work.submit(lambda: 1 / 0)
 
 
 def test_metrics_log_drops_its_own_lines_past_a_resumed_step(tmp_path):

@@ -113,11 +113,21 @@ class _HostWork:
         while self._pieces:
             self._pieces.pop(0).result()
 
-    def close(self) -> None:
+    def __enter__(self) -> "_HostWork":
+        return self
+
+    def __exit__(self, exception_type, exception, traceback) -> bool:
+        """Waits for every piece; while another exception leaves the run (a stop signal's, a diverged loss), a
+        piece's own error is logged rather than raised over it."""
         try:
             self.wait()
+        except Exception:
+            if exception_type is None:
+                raise
+            logger.exception("sample images or metrics failed while the run was stopping")
         finally:
             self._executor.shutdown(wait=True)
+        return False
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -346,7 +356,7 @@ class Trainer:
                 warmup_steps=self.gan.step.recipe.steps_to_compile(self.gan.step.iterations),
             )
             self.host_work = _HostWork()
-            with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals(), contextlib.closing(self.host_work):
+            with SummaryWriter(self.run_logdir) as writer, self._deferred_stop_signals(), self.host_work:
                 self._write_graphs()
                 self._write_run_record(writer)
                 self.progress.start()
