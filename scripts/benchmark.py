@@ -9,8 +9,8 @@
 G on B fresh latents. `--recipe stable` times the default recipe (one D update on both batches, R1 every 4th
 iteration, G average), in whole 4-iteration cycles. `benchmarks/torch_baseline.py` runs the same two recipes on the
 same networks in plain PyTorch, so the samples/s of the two compare directly when both run on the same machine;
-`--baseline FILE` reads its JSON lines (written just before, on the same machine) and adds to each row the speed
-ratio to the baseline's fastest time for the same recipe (`vs_baseline`). Prints one JSON line per measurement.
+`--baseline FILE` reads its JSON lines (written just before, on the same machine) and adds to each row its samples/s
+over the baseline's best for the same recipe (`vs_baseline`). Prints one JSON line per measurement.
 
     python benchmarks/torch_baseline.py --precision bfloat16 > baseline.jsonl
     KERAS_BACKEND=jax python scripts/benchmark.py --precision bfloat16 --baseline baseline.jsonl
@@ -148,11 +148,12 @@ def time_iterations(
 BASELINE_RECIPES = {"chapter": "chapter", "stable": "stable", "r1": "stable"}
 
 
-def baseline_times(path):
-    """The fastest `median_s` per recipe in a file of JSON lines (other lines are skipped).
+def baseline_rates(path):
+    """The highest `samples_per_s` per recipe in a file of JSON lines (other lines are skipped). Samples per second,
+    not seconds per iteration, so a baseline run at another batch size still compares.
 
     Raises:
-        ConfigError: the file holds no line with a known `recipe` and a positive `median_s`.
+        ConfigError: the file holds no line with a known `recipe` and a positive `samples_per_s`.
         OSError: the file cannot be read.
     """
     from threedgan.errors import ConfigError
@@ -166,11 +167,13 @@ def baseline_times(path):
                 continue
             if not isinstance(row, dict):
                 continue
-            recipe, seconds = BASELINE_RECIPES.get(row.get("recipe")), row.get("median_s")
-            if recipe and isinstance(seconds, (int, float)) and seconds > 0:
-                best[recipe] = min(best.get(recipe, seconds), seconds)
+            recipe, rate = BASELINE_RECIPES.get(row.get("recipe")), row.get("samples_per_s")
+            if recipe and isinstance(rate, (int, float)) and rate > 0:
+                best[recipe] = max(best.get(recipe, rate), rate)
     if not best:
-        raise ConfigError(f"--baseline {path}: no JSON line with a recipe ({', '.join(BASELINE_RECIPES)}) and a median_s")
+        raise ConfigError(
+            f"--baseline {path}: no JSON line with a recipe ({', '.join(BASELINE_RECIPES)}) and a samples_per_s"
+        )
     return best
 
 
@@ -260,7 +263,7 @@ def _main(argv):
     parser.add_argument("--baseline", metavar="FILE",
                         help="JSON lines of benchmarks/torch_baseline.py from this machine: adds vs_baseline to each row")
     arguments = parser.parse_args(argv)
-    baseline = baseline_times(arguments.baseline) if arguments.baseline else {}
+    baseline = baseline_rates(arguments.baseline) if arguments.baseline else {}
     if arguments.cpu:
         arguments.batch, arguments.iters, arguments.warmup = 2, 2, 0
         arguments.precision = arguments.precision or ["float32"]
@@ -285,7 +288,7 @@ def _main(argv):
                             )
                         )
                         if recipe in baseline:
-                            results[-1]["vs_baseline"] = round(baseline[recipe] / results[-1]["median_s"], 2)
+                            results[-1]["vs_baseline"] = round(results[-1]["samples_per_s"] / baseline[recipe], 2)
                         print(json.dumps(results[-1]), flush=True)
     if arguments.data_dir:
         batches = 20 if arguments.cpu else 200

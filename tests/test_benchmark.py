@@ -26,11 +26,11 @@ def test_cpu_mode_times_the_step_and_the_data_path(tmp_path, volumetric_dir):
     output = tmp_path / "bench.jsonl"
     # A baseline as benchmarks/torch_baseline.py writes it, with a line of other output and a slower second row.
     baseline = tmp_path / "baseline.jsonl"
-    baseline.write_text('starting\n{"recipe": "stable", "median_s": 0.5}\n{"recipe": "stable", "median_s": 0.9}\n')
+    baseline.write_text('starting\n{"recipe": "stable", "samples_per_s": 4.0}\n{"recipe": "stable", "samples_per_s": 2.0}\n')
     argv = ["--cpu", "--data-dir", volumetric_dir, "--category", "chair", "--json", str(output), "--baseline", str(baseline)]
     assert benchmark.main(argv) == 0
     step, data_path = [json.loads(line) for line in output.read_text().splitlines()]
-    assert step["vs_baseline"] == round(0.5 / step["median_s"], 2), "the baseline's fastest time over ours"
+    assert step["vs_baseline"] == round(step["samples_per_s"] / 4.0, 2), "ours over the baseline's best samples/s"
     assert "vs_baseline" not in data_path
     assert step["impl"] == "threedgan" and step["batch"] == 2 and step["precision"] == "float32"
     assert step["recipe"] == "stable", "the CPU mode times the default recipe"
@@ -44,10 +44,10 @@ def test_cpu_mode_times_the_step_and_the_data_path(tmp_path, volumetric_dir):
 def test_a_baseline_without_times_is_one_error_line(tmp_path, capsys):
     benchmark = load_benchmark()
     empty = tmp_path / "empty.jsonl"
-    empty.write_text('{"recipe": "other", "median_s": 1}\nnot json\n')
+    empty.write_text('{"recipe": "other", "samples_per_s": 1}\nnot json\n')
     assert benchmark.main(["--cpu", "--baseline", str(empty)]) == 2
     missing = tmp_path / "missing.jsonl"
     assert benchmark.main(["--cpu", "--baseline", str(missing)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line for line in lines if line.startswith("error: ")] == lines[-2:]
-    assert str(empty) in lines[-2] and "median_s" in lines[-2] and str(missing) in lines[-1]
+    assert str(empty) in lines[-2] and "samples_per_s" in lines[-2] and str(missing) in lines[-1]
