@@ -88,6 +88,7 @@ def time_iterations(
     from threedgan.models import resolve_data_format, resolve_deconvolution, resolve_first_convolution
     from threedgan.models import accelerator_present, configure_precision
     from threedgan.train import Gan
+    from threedgan.training_step import to_device
 
     config = Config.from_preset(
         RECIPE_PRESETS[recipe],
@@ -106,7 +107,7 @@ def time_iterations(
     latents = lambda: sample_latents(batch, config.z_size, config.z_stddev, seed=rng)
 
     def iteration():
-        indices = keras.ops.convert_to_tensor(rng.integers(0, batch * 4, batch))
+        indices = to_device(rng.integers(0, batch * 4, batch))  # as the training loop feeds its batches
         return gan.step(keras.ops.take(volumes, indices, axis=0), latents(), latents())
 
     cycle = config.r1_interval if config.r1_gamma > 0 else 1

@@ -125,8 +125,11 @@ def unpack_and_upsample(packed, dtype="float32"):
     import keras
 
     # np.packbits is big-endian within a byte: the first voxel is the most significant bit.
-    shifts = keras.ops.convert_to_tensor(np.arange(7, -1, -1, dtype=np.uint8))
-    bits = keras.ops.bitwise_and(keras.ops.right_shift(keras.ops.expand_dims(packed, -1), shifts), 1)
+    # Constants made on the device (`arange`, `ones_like`): on PyTorch, converting host values copies them to the GPU
+    # and waits for it to finish all queued work.
+    shifts = keras.ops.cast(keras.ops.arange(7, -1, -1, dtype="int32"), "uint8")  # TensorFlow has no uint8 range
+    shifted = keras.ops.right_shift(keras.ops.expand_dims(packed, -1), shifts)
+    bits = keras.ops.bitwise_and(shifted, keras.ops.ones_like(shifted))
     return keras.ops.expand_dims(upsample(keras.ops.reshape(bits, (-1, PADDED_SIDE, PADDED_SIDE, PADDED_SIDE)), dtype), -1)
 
 

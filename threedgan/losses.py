@@ -32,7 +32,9 @@ def binary_crossentropy(target: float, logits):
         A float32 scalar.
     """
     logits = _float32(logits)
-    return ops.mean(keras.losses.binary_crossentropy(ops.full_like(logits, target), logits, from_logits=True))
+    # `ones_like * target`, not `full_like`: on PyTorch, Keras turns the fill value into a GPU tensor by a host copy
+    # that waits for the GPU; a Python number in PyTorch's own arithmetic does not.
+    return ops.mean(keras.losses.binary_crossentropy(ops.ones_like(logits) * target, logits, from_logits=True))
 
 
 def logistic_discriminator(real_logits, fake_logits):

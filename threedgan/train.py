@@ -61,7 +61,7 @@ from threedgan.models import (
     generate_volumes,
 )
 from threedgan.progress import Progress, device_description, format_duration, format_step_time
-from threedgan.training_step import Recipe, make_train_step
+from threedgan.training_step import Recipe, make_train_step, to_device
 from threedgan.weights import save_weights_h5
 
 logger = logging.getLogger(__name__)
@@ -430,7 +430,7 @@ class Trainer:
         while True:
             start = self.batch_index * config.batch_size
             indices = self.epoch_order[start : start + config.batch_size]
-            real = keras.ops.take(self.device_volumes, keras.ops.convert_to_tensor(indices), axis=0)
+            real = keras.ops.take(self.device_volumes, to_device(indices), axis=0)
             batch = (real, *self._latents())
             if self.distribution is not None:
                 # Each device gets its slice of the global batch; the jitted step then runs as one SPMD program.

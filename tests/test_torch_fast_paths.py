@@ -1,0 +1,140 @@
+"""The PyTorch backend's fast paths compute what Keras' own code computes.
+
+- `threedgan.models.BatchNormalization` in training mode runs through `torch.native_batch_norm` there: outputs,
+  input gradients, second derivatives (R1 differentiates an input gradient again) and the moving averages must equal
+  BatchNorm's definition with batch statistics and Keras' moving averages (float64, CPU).
+- `threedgan.training_step._torch_adam_apply` is Keras' Adam update without host synchronisations: the weights, the
+  optimizer's variables and its iteration count must equal `keras.optimizers.Adam.apply`'s after several steps.
+- `threedgan.training_step.to_device` turns host arrays into tensors and passes tensors through.
+
+Run as a script with KERAS_BACKEND=torch (`python tests/test_torch_fast_paths.py`), this file is the probe: it prints
+one `PROBE {json}` line. The whole training step on torch is compared with JAX and TensorFlow in
+`test_training_step.py`.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+TOLERANCE = 1e-10  # float64
+
+
+def _probe():
+    import keras
+    import torch
+
+    from threedgan.models import BatchNormalization
+    from threedgan.training_step import _adam_without_extras, _torch_adam_apply, to_device
+
+    keras.config.set_floatx("float64")
+    rng = np.random.default_rng(0)
+    report = {"backend": keras.backend.backend(), "batchnorm": {}}
+    calls = []
+    native = torch.native_batch_norm
+    torch.native_batch_norm = lambda *arguments: calls.append(1) or native(*arguments)
+
+    def definition(layer, inputs):
+        """BatchNorm in training mode as written in the paper (Ioffe & Szegedy 2015), in plain PyTorch arithmetic.
+        Not Keras' torch ops: their `mean` is off by ~1e-7 even in float64."""
+        axis = layer.axis % inputs.ndim
+        axes = [a for a in range(inputs.ndim) if a != axis]
+        shape = [1] * inputs.ndim
+        shape[axis] = inputs.shape[axis]
+        mean = inputs.mean(dim=axes, keepdim=True)
+        variance = ((inputs - mean) ** 2).mean(dim=axes, keepdim=True)
+        outputs = (inputs - mean) / torch.sqrt(variance + layer.epsilon) * layer.gamma.value.reshape(shape)
+        outputs = outputs + layer.beta.value.reshape(shape)
+        for moving, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+            moving.assign(moving.value * layer.momentum + batch.detach().reshape(-1) * (1 - layer.momentum))
+        return outputs
+
+    for axis, shape in ((-1, (4, 5, 3, 6, 3)), (1, (4, 3, 5, 3, 6)), (-1, (8, 5))):
+        ours, theirs = BatchNormalization(axis=axis, momentum=0.9), BatchNormalization(axis=axis, momentum=0.9)
+        ours.build(shape)
+        theirs.build(shape)
+        for layer in (ours, theirs):
+            layer.gamma.assign(np.linspace(0.5, 1.5, layer.gamma.shape[0]))
+            layer.beta.assign(np.linspace(-0.2, 0.3, layer.beta.shape[0]))
+        x = torch.tensor(rng.normal(2.0, 3.0, shape))
+        weights = torch.tensor(rng.normal(size=shape))
+        rows = {}
+        results = []
+        for layer, call in ((ours, lambda inputs: ours(inputs, training=True)), (theirs, lambda inputs: definition(theirs, inputs))):
+            inputs = x.clone().requires_grad_(True)
+            outputs = call(inputs)
+            (gradient,) = torch.autograd.grad((outputs * weights).sum(), inputs, create_graph=True)
+            second = torch.autograd.grad((gradient**2).sum(), [inputs, layer.gamma.value])
+            results.append([outputs, gradient, *second, layer.moving_mean.value, layer.moving_variance.value])
+        names = ("outputs", "input_gradient", "second_input", "second_gamma", "moving_mean", "moving_variance")
+        for name, a, b in zip(names, *results):
+            rows[name] = float((a.detach() - b.detach()).abs().max() / max(1.0, float(b.detach().abs().max())))
+        report["batchnorm"][f"axis{axis}_{len(shape)}d"] = rows
+    report["native_calls"] = len(calls)
+    torch.native_batch_norm = native
+
+    variables = [keras.Variable(rng.normal(size=shape)) for shape in ((3, 4), (5,))]
+    copies = [keras.Variable(keras.ops.convert_to_numpy(v)) for v in variables]
+    keras_adam = keras.optimizers.Adam(2e-4, beta_1=0.5, beta_2=0.99)
+    our_adam = keras.optimizers.Adam(2e-4, beta_1=0.5, beta_2=0.99)
+    keras_adam.build(variables)
+    our_adam.build(copies)
+    for _ in range(5):
+        gradients = [torch.tensor(rng.normal(size=tuple(v.shape))) for v in variables]
+        keras_adam.apply(gradients, variables)
+        _torch_adam_apply(our_adam, [g.clone() for g in gradients], copies)
+    report["adam"] = dict(
+        weights=max(float(np.abs(keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(b)).max()) for a, b in zip(variables, copies)),
+        optimizer=max(float(np.abs(keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(b)).max())
+                      for a, b in zip(keras_adam.variables, our_adam.variables)),
+        iterations=[int(keras.ops.convert_to_numpy(keras_adam.iterations)), int(keras.ops.convert_to_numpy(our_adam.iterations))],
+        plain=_adam_without_extras(our_adam),
+        clipped=_adam_without_extras(keras.optimizers.Adam(clipnorm=1.0)),
+        amsgrad=_adam_without_extras(keras.optimizers.Adam(amsgrad=True)),
+    )
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tensor = to_device(host)
+    report["to_device"] = dict(is_tensor=bool(torch.is_tensor(tensor)), equal=bool(np.array_equal(tensor.cpu().numpy(), host)),
+                               passes_through=to_device(tensor) is tensor)
+    print("PROBE " + json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def report():
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    environment = dict(os.environ, KERAS_BACKEND="torch", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.run([sys.executable, os.path.abspath(__file__)], env=environment, capture_output=True, text=True,
+                             timeout=600)
+    lines = [line for line in process.stdout.splitlines() if line.startswith("PROBE ")]
+    assert process.returncode == 0 and lines, process.stderr[-3000:]
+    return json.loads(lines[-1][len("PROBE "):])
+
+
+def test_batchnorm_equals_its_definition_to_second_derivatives(report):
+    assert report["backend"] == "torch"
+    assert report["native_calls"] == 3, "each call of our layer in training mode goes through torch.native_batch_norm"
+    assert len(report["batchnorm"]) == 3
+    for case, rows in report["batchnorm"].items():
+        for name, difference in rows.items():
+            assert difference <= TOLERANCE, (case, name, difference)
+
+
+def test_adam_equals_keras_adam(report):
+    adam = report["adam"]
+    assert adam["weights"] <= TOLERANCE and adam["optimizer"] <= TOLERANCE, adam
+    assert adam["iterations"] == [5, 5]
+    assert adam["plain"] and not adam["clipped"] and not adam["amsgrad"], "only a plain Adam takes the fast path"
+
+
+def test_to_device(report):
+    assert report["to_device"] == dict(is_tensor=True, equal=True, passes_through=True)
+
+
+if __name__ == "__main__":
+    _probe()
