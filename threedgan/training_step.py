@@ -374,8 +374,9 @@ def to_device(array):
     if keras.backend.backend() == "torch":
         import torch
 
-        if torch.cuda.is_available():
-            return torch.from_numpy(array).pin_memory().to("cuda", non_blocking=True)
+        device = ops.zeros(()).device  # where Keras puts new tensors
+        if device.type == "cuda":
+            return torch.from_numpy(array).pin_memory().to(device, non_blocking=True)
     return ops.convert_to_tensor(array)
 
 
