@@ -392,7 +392,9 @@ def _adam_without_extras(optimizer) -> bool:
         and not optimizer.use_ema
         and not optimizer.gradient_accumulation_steps
         and optimizer.loss_scale_factor is None
-        and isinstance(optimizer._learning_rate, keras.Variable)
+        # Keras' own names for Adam's state, which the update below reads as Keras' torch Adam does.
+        and isinstance(getattr(optimizer, "_learning_rate", None), keras.Variable)
+        and all(hasattr(optimizer, name) for name in ("_momentums", "_velocities", "_get_variable_index"))
     )
 
 
