@@ -167,9 +167,10 @@ class BatchNormalization(layers.BatchNormalization):
             None, None, True, 0.0, self.epsilon,
         )
         with torch.no_grad():
-            variance = torch.reciprocal(torch.square(inverse_deviation)) - self.epsilon
+            variance = torch.pow(inverse_deviation, -2) - self.epsilon
             for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                moving.assign(moving.value * self.momentum + batch.to(moving.value.dtype) * (1.0 - self.momentum))
+                # momentum · moving + (1 − momentum) · batch, as one kernel
+                moving.assign(torch.lerp(moving.value, batch.to(moving.value.dtype), 1.0 - self.momentum))
         outputs = outputs if axis == 1 else torch.movedim(outputs, 1, axis)
         return ops.cast(outputs, self.compute_dtype)
 
