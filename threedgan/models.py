@@ -132,8 +132,6 @@ class BatchNormalization(layers.BatchNormalization):
     means, as JAX and PyTorch compute them. Same variables, same weight files.
     """
 
-    _torch_channels_last = True
-
     def call(self, inputs, training=None, mask=None):
         if (
             training
@@ -160,7 +158,7 @@ class BatchNormalization(layers.BatchNormalization):
 
         axis = self.axis if self.axis >= 0 else inputs.ndim + self.axis
         values = inputs if axis == 1 else torch.movedim(inputs, axis, 1)
-        if values.ndim == 5 and values.is_cuda and self._torch_channels_last:
+        if values.ndim == 5 and values.is_cuda:
             values = values.contiguous(memory_format=torch.channels_last_3d)
         outputs, mean, inverse_deviation = torch.native_batch_norm(
             values, self.gamma.value if self.scale else None, self.beta.value if self.center else None,
