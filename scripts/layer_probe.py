@@ -8,9 +8,10 @@
 
 The diagnostic behind README "Speed": it showed XLA's 3-D transposed convolutions (the generator's layers 2–5)
 2–19× slower than cuDNN's forward + backward, worst for the last layer, while plain convolutions ran alike. Batch 32,
-bf16, median of 20 timed runs after 3 warm-ups; one JSON line per layer and variant. D1 (one input channel, stride 2)
-is also timed as `SpaceToDepthConv3D` computes it (`--first-convolution`), on JAX through the layer itself and on
-PyTorch as the same rearrangement in plain PyTorch. Needs JAX or PyTorch with a GPU to mean anything.
+bf16, median of 20 timed runs after 3 warm-ups; one JSON line per layer and variant. The discriminator's stride-2
+layers (D1–D4) are also timed as `SpaceToDepthConv3D` computes them (`--first-convolution`; the networks use it for
+D1 only), on JAX through the layer itself and on PyTorch as the same rearrangement in plain PyTorch. Needs JAX or
+PyTorch with a GPU to mean anything.
 """
 import argparse
 import json
@@ -71,10 +72,10 @@ def probe_jax(batch, timing, layers, first_convolutions):
                 kernel = jax.random.normal(key, (4, 4, 4, c_in, c_out), jnp.bfloat16) * 0.02
                 if index > 1 or "plain" in first_convolutions:
                     variants.append(("conv", lambda k, x: ops.conv(x, k, strides=stride, padding=padding)))
-                if index == 1 and "space_to_depth" in first_convolutions:
-                    first = SpaceToDepthConv3D(c_out, 4, strides=2, padding="same", use_bias=False)
-                    first.build(x.shape)
-                    variants.append(("space_to_depth", lambda k, x: first.stateless_call([k.astype("float32")], [], x)[0]))
+                if stride == 2 and "space_to_depth" in first_convolutions:
+                    rearranged = SpaceToDepthConv3D(c_out, 4, strides=2, padding="same", use_bias=False)
+                    rearranged.build(x.shape)
+                    variants.append(("space_to_depth", lambda k, x: rearranged.stateless_call([k.astype("float32")], [], x)[0]))
             else:
                 kernel = jax.random.normal(key, (4, 4, 4, c_out, c_in), jnp.bfloat16) * 0.02
                 variants.append(("transposed", lambda k, x: ops.conv_transpose(x, k, strides=stride, padding=padding)))
@@ -107,7 +108,7 @@ def probe_torch(batch, timing, layers, first_convolutions):
                 kernel = torch.randn(c_out, c_in, 4, 4, 4, **options) * 0.02
                 if index > 1 or "plain" in first_convolutions:
                     variants.append(("cudnn channels_last_3d", lambda: F.conv3d(x, kernel, stride=stride, padding=pad)))
-                if index == 1 and "space_to_depth" in first_convolutions:
+                if stride == 2 and "space_to_depth" in first_convolutions:
                     variants.append(("space_to_depth channels_last_3d", lambda: space_to_depth_torch(x, kernel)))
             else:
                 kernel = torch.randn(c_in, c_out, 4, 4, 4, **options) * 0.02
@@ -137,7 +138,8 @@ def main(argv=None):
         nargs="+",
         default=["plain", "space_to_depth"],
         choices=["plain", "space_to_depth"],
-        help="which ways to compute D1 (default both)",
+        help="which ways to compute D1 (default both); D2–D4 are always timed plain, and also as space-to-depth "
+        "when it is listed",
     )
     arguments = parser.parse_args(argv)
     timing = dict(repeats=arguments.repeats, warmup=arguments.warmup)
