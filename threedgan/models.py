@@ -130,6 +130,9 @@ class BatchNormalization(layers.BatchNormalization):
     in value and first derivative, but its second derivatives miss the mean's term, so R1's gradient (a derivative of
     an input gradient) through BatchNorm came out wrong by 0.04 % even in float64. Here both moments are plain
     means, as JAX and PyTorch compute them. Same variables, same weight files.
+
+    On PyTorch, training-mode calls go through `torch.native_batch_norm` instead of Keras' op-by-op computation
+    (`_torch_batch_statistics_call`): the same values, a fraction of the kernels.
     """
 
     def call(self, inputs, training=None, mask=None):
