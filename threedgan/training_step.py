@@ -28,6 +28,7 @@ again), where the state lives and how the iteration is compiled.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -374,10 +375,16 @@ def to_device(array):
     if keras.backend.backend() == "torch":
         import torch
 
-        device = ops.zeros(()).device  # where Keras puts new tensors
+        device = _torch_device()
         if device.type == "cuda":
             return torch.from_numpy(array).pin_memory().to(device, non_blocking=True)
     return ops.convert_to_tensor(array)
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_device():
+    """Where Keras' torch backend puts new tensors (asked once: it costs a kernel)."""
+    return ops.zeros(()).device
 
 
 def _adam_without_extras(optimizer) -> bool:
