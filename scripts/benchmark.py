@@ -76,7 +76,7 @@ RECIPE_PRESETS = {"chapter": "book", "stable": "r1-ema"}
 
 
 def time_iterations(
-    precision, batch, iterations, warmup, data_format="auto", deconvolution="auto", seed=0, first_convolution="auto",
+    precision, batch, iterations, warmup, data_format="auto", deconvolution="auto", seed=0, discriminator_convolution="auto",
     recipe="chapter",
 ):
     """Times the training step; with R1 every N-th iteration, whole cycles of N, so the penalty's share is counted."""
@@ -85,7 +85,7 @@ def time_iterations(
 
     from threedgan.config import Config
     from threedgan.latent import sample_latents
-    from threedgan.models import resolve_data_format, resolve_deconvolution, resolve_first_convolution
+    from threedgan.models import resolve_data_format, resolve_deconvolution, resolve_discriminator_convolution
     from threedgan.models import accelerator_present, configure_precision
     from threedgan.train import Gan
     from threedgan.training_step import to_device
@@ -96,7 +96,7 @@ def time_iterations(
         mixed_precision=precision,
         data_format=data_format,
         deconvolution=deconvolution,
-        first_convolution=first_convolution,
+        discriminator_convolution=discriminator_convolution,
         seed=seed,
     )
     compute_dtype = configure_precision(config)
@@ -132,7 +132,7 @@ def time_iterations(
         precision=compute_dtype,
         data_format=resolve_data_format(config),
         deconvolution=resolve_deconvolution(config),
-        first_convolution=resolve_first_convolution(config),
+        discriminator_convolution=resolve_discriminator_convolution(config),
         batch=batch,
         median_s=round(median, 4),
         samples_per_s=round(batch / median, 1),
@@ -242,14 +242,14 @@ def main(argv=None):
 
 
 def _main(argv):
-    from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES, FIRST_CONVOLUTION_CHOICES
+    from threedgan.config import DATA_FORMAT_CHOICES, DECONVOLUTION_CHOICES, DISCRIMINATOR_CONVOLUTION_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="reduced CPU mode: batch 2, 2 iterations, float32")
     parser.add_argument("--precision", nargs="+", default=None, choices=["bfloat16", "float32"])
     parser.add_argument("--data-format", nargs="+", default=["auto"], choices=DATA_FORMAT_CHOICES)
     parser.add_argument("--deconvolution", nargs="+", default=["auto"], choices=DECONVOLUTION_CHOICES)
-    parser.add_argument("--first-convolution", nargs="+", default=["auto"], choices=FIRST_CONVOLUTION_CHOICES)
+    parser.add_argument("--discriminator-convolution", nargs="+", default=["auto"], choices=DISCRIMINATOR_CONVOLUTION_CHOICES)
     parser.add_argument("--recipe", nargs="+", default=None, choices=list(RECIPE_PRESETS),
                         help="chapter: the book's iteration; stable: the default r1-ema recipe (R1 share counted); "
                         "default both (--cpu: stable)")
@@ -275,7 +275,7 @@ def _main(argv):
         for recipe, precision in ((r, p) for r in arguments.recipe for p in arguments.precision or ["bfloat16", "float32"]):
             for data_format in arguments.data_format:
                 for deconvolution in arguments.deconvolution:
-                    for first_convolution in arguments.first_convolution:
+                    for discriminator_convolution in arguments.discriminator_convolution:
                         results.append(
                             time_iterations(
                                 precision,
@@ -284,7 +284,7 @@ def _main(argv):
                                 arguments.warmup,
                                 data_format,
                                 deconvolution,
-                                first_convolution=first_convolution,
+                                discriminator_convolution=discriminator_convolution,
                                 recipe=recipe,
                             )
                         )

@@ -9,7 +9,7 @@
 The diagnostic behind README "Speed": it showed XLA's 3-D transposed convolutions (the generator's layers 2–5)
 2–19× slower than cuDNN's forward + backward, worst for the last layer, while plain convolutions ran alike. Batch 32,
 bf16, median of 20 timed runs after 3 warm-ups; one JSON line per layer and variant. The discriminator's stride-2
-layers (D1–D4) are also timed as `SpaceToDepthConv3D` computes them (`--first-convolution`; the networks use it for
+layers (D1–D4) are also timed as `SpaceToDepthConv3D` computes them (`--discriminator-convolution`; the networks use it for
 D1 only), on JAX through the layer itself and on PyTorch as the same rearrangement in plain PyTorch. Needs JAX or
 PyTorch with a GPU to mean anything.
 """
@@ -52,7 +52,7 @@ def space_to_depth_torch(x, kernel):
     return F.conv3d(x, kernel)
 
 
-def probe_jax(batch, timing, layers, first_convolutions):
+def probe_jax(batch, timing, layers, discriminator_convolutions):
     import jax
     import jax.numpy as jnp
     import keras
@@ -70,9 +70,9 @@ def probe_jax(batch, timing, layers, first_convolutions):
             variants = []
             if network == "D":
                 kernel = jax.random.normal(key, (4, 4, 4, c_in, c_out), jnp.bfloat16) * 0.02
-                if index > 1 or "plain" in first_convolutions:
+                if index > 1 or "plain" in discriminator_convolutions:
                     variants.append(("conv", lambda k, x: ops.conv(x, k, strides=stride, padding=padding)))
-                if stride == 2 and "space_to_depth" in first_convolutions:
+                if stride == 2 and "space_to_depth" in discriminator_convolutions:
                     rearranged = SpaceToDepthConv3D(c_out, 4, strides=2, padding="same", use_bias=False)
                     rearranged.build(x.shape)
                     variants.append(("space_to_depth", lambda k, x: rearranged.stateless_call([k.astype("float32")], [], x)[0]))
@@ -90,7 +90,7 @@ def probe_jax(batch, timing, layers, first_convolutions):
                            forward_backward_ms=median_ms(lambda: gradient(kernel, x), jax.block_until_ready, **timing))
 
 
-def probe_torch(batch, timing, layers, first_convolutions):
+def probe_torch(batch, timing, layers, discriminator_convolutions):
     import torch
     import torch.nn.functional as F
 
@@ -106,9 +106,9 @@ def probe_torch(batch, timing, layers, first_convolutions):
             variants = []
             if network == "D":
                 kernel = torch.randn(c_out, c_in, 4, 4, 4, **options) * 0.02
-                if index > 1 or "plain" in first_convolutions:
+                if index > 1 or "plain" in discriminator_convolutions:
                     variants.append(("cudnn channels_last_3d", lambda: F.conv3d(x, kernel, stride=stride, padding=pad)))
-                if stride == 2 and "space_to_depth" in first_convolutions:
+                if stride == 2 and "space_to_depth" in discriminator_convolutions:
                     variants.append(("space_to_depth channels_last_3d", lambda: space_to_depth_torch(x, kernel)))
             else:
                 kernel = torch.randn(c_in, c_out, 4, 4, 4, **options) * 0.02
@@ -134,7 +134,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--layers", nargs="+", metavar="NAME", help="only these layers, e.g. D1 G5 (default all)")
     parser.add_argument(
-        "--first-convolution",
+        "--discriminator-convolution",
         nargs="+",
         default=["plain", "space_to_depth"],
         choices=["plain", "space_to_depth"],
@@ -144,7 +144,7 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     timing = dict(repeats=arguments.repeats, warmup=arguments.warmup)
     probe = probe_jax if arguments.framework == "jax" else probe_torch
-    for row in probe(arguments.batch, timing, arguments.layers, arguments.first_convolution):
+    for row in probe(arguments.batch, timing, arguments.layers, arguments.discriminator_convolution):
         print(json.dumps(row), flush=True)
     return 0
 

@@ -1,5 +1,5 @@
-"""`SpaceToDepthConv3D` (`first_convolution="space_to_depth"`): the discriminator's first convolution computed on the
-space-to-depth rearranged input is Keras' own `Conv3D`, with the same variables and weight files.
+"""`SpaceToDepthConv3D` (`discriminator_convolution="space_to_depth"`): the discriminator's stride-2 convolutions
+computed on the space-to-depth rearranged input are Keras' own `Conv3D`, with the same variables and weight files.
 
 Run as a script with KERAS_BACKEND set (`python tests/test_space_to_depth.py FOLDER`), this file is also the probe
 that each backend runs in its own process, as `tests/layout_probe.py` is for the layouts: it prints one
@@ -24,15 +24,16 @@ from threedgan.models import (  # noqa: E402
     SpaceToDepthConv3D,
     build_discriminator,
     discriminator_logits,
-    resolve_first_convolution,
+    resolve_discriminator_convolution,
 )
 
 TOLERANCE = 1e-5  # float32 sums in another order, relative to the largest value compared (at least 1)
 BFLOAT16_TOLERANCE = 2e-2  # bfloat16 rounds to 8 bits of mantissa; relative, as above
 
-# (batch, depth, height, width, channels, filters): the discriminator's first layer at 64³, then odd and even sides
-# with several input channels (at odd sides `same` pads one more element after than before).
-SHAPES = [(1, 64, 64, 64, 1, 64), (2, 5, 6, 7, 3, 4)]
+# (batch, depth, height, width, channels, filters): the discriminator's first layer at 64³, a later block's shape
+# scaled down (even sides, several channels), then odd and even sides together (at odd sides `same` pads one more
+# element after than before).
+SHAPES = [(1, 64, 64, 64, 1, 64), (2, 8, 8, 8, 16, 8), (2, 5, 6, 7, 3, 4)]
 # JAX's CPU convolution gradients are slow at 64³; the index mapping is the same at every even side.
 GRADIENT_SHAPES = [(2, 16, 16, 16, 1, 64), (2, 5, 6, 7, 3, 4)]
 
@@ -174,9 +175,9 @@ def probe_weight_files(rng, folder):
         return weight_names, arrays
 
     fast_format = _data_formats()[-1]
-    plain = build_discriminator(Config(data_format="channels_last", first_convolution="plain"))
-    fast = build_discriminator(Config(data_format=fast_format, first_convolution="space_to_depth"))
-    back = build_discriminator(Config(data_format="channels_last", first_convolution="plain"))
+    plain = build_discriminator(Config(data_format="channels_last", discriminator_convolution="plain"))
+    fast = build_discriminator(Config(data_format=fast_format, discriminator_convolution="space_to_depth"))
+    back = build_discriminator(Config(data_format="channels_last", discriminator_convolution="plain"))
     for variable in plain.trainable_variables:  # break the symmetry of the initial zero biases
         variable.assign(variable + rng.normal(0, 0.01, size=variable.shape).astype("float32"))
     # The legacy HDF5 files the project writes everywhere, keyed by layer name. (Keras 3's native `.weights.h5`
@@ -196,7 +197,9 @@ def probe_weight_files(rng, folder):
     expected = _training_forward(discriminator_logits(plain), volumes)
     return dict(
         fast_format=fast_format,
-        uses_space_to_depth=type(fast.get_layer("discriminator_conv_1")) is SpaceToDepthConv3D,
+        uses_space_to_depth=all(
+            type(fast.get_layer(f"discriminator_conv_{block}")) is SpaceToDepthConv3D for block in (1, 2, 3, 4)
+        ),
         same_file=bool(same_file),
         from_plain=_difference(expected, _training_forward(discriminator_logits(fast), volumes)),
         to_plain=_difference(expected, _training_forward(discriminator_logits(back), volumes)),
@@ -288,11 +291,11 @@ def test_weight_files_round_trip_with_a_plain_discriminator(reports, backend):
         assert _within(row[direction]), (direction, row[direction])
 
 
-def test_only_the_first_discriminator_layer_changes():
-    plain = build_discriminator(Config(first_convolution="plain"))
-    fast = build_discriminator(Config(first_convolution="space_to_depth"))
+def test_only_the_strided_discriminator_layers_change():
+    plain = build_discriminator(Config(discriminator_convolution="plain"))
+    fast = build_discriminator(Config(discriminator_convolution="space_to_depth"))
     kinds = [type(layer) for layer in fast.layers if "conv" in layer.name]
-    assert kinds == [SpaceToDepthConv3D] + [keras.layers.Conv3D] * 4
+    assert kinds == [SpaceToDepthConv3D] * 4 + [keras.layers.Conv3D]
     assert all(type(layer) is keras.layers.Conv3D for layer in plain.layers if "conv" in layer.name)
     assert [layer.name for layer in fast.layers] == [layer.name for layer in plain.layers]
     assert [(v.path, tuple(v.shape)) for v in fast.weights] == [(v.path, tuple(v.shape)) for v in plain.weights]
@@ -307,22 +310,30 @@ def test_layer_serializes_as_itself():
 
 def test_auto_is_space_to_depth_on_jax_only_and_unknown_values_are_refused():
     expected = "space_to_depth" if keras.backend.backend() == "jax" else "plain"
-    assert Config().first_convolution == "auto" and resolve_first_convolution(Config()) == expected
-    assert resolve_first_convolution(Config(first_convolution="plain")) == "plain"
-    assert resolve_first_convolution(Config(first_convolution="space_to_depth")) == "space_to_depth"
-    message = r"^config field first_convolution = 'fast' must be auto, plain or space_to_depth$"
+    assert Config().discriminator_convolution == "auto" and resolve_discriminator_convolution(Config()) == expected
+    assert resolve_discriminator_convolution(Config(discriminator_convolution="plain")) == "plain"
+    assert resolve_discriminator_convolution(Config(discriminator_convolution="space_to_depth")) == "space_to_depth"
+    message = r"^config field discriminator_convolution = 'fast' must be auto, plain or space_to_depth$"
     with pytest.raises(ConfigError, match=message):
-        Config(first_convolution="fast")
+        Config(discriminator_convolution="fast")
 
 
-def test_train_flag_sets_the_first_convolution():
+def test_config_files_that_call_it_first_convolution_still_load(tmp_path):
+    path = tmp_path / "config.json"
+    values = Config(discriminator_convolution="plain").to_dict()
+    values["first_convolution"] = values.pop("discriminator_convolution")
+    path.write_text(json.dumps(values))
+    assert Config.load(str(path)) == Config(discriminator_convolution="plain")
+
+
+def test_train_flag_sets_the_discriminator_convolution():
     from threedgan.cli import config_from_train_arguments, train_parser
 
-    arguments = train_parser().parse_args(["--first-convolution", "space_to_depth"])
-    assert config_from_train_arguments(arguments).first_convolution == "space_to_depth"
-    assert config_from_train_arguments(train_parser().parse_args([])).first_convolution == "auto"
+    arguments = train_parser().parse_args(["--discriminator-convolution", "space_to_depth"])
+    assert config_from_train_arguments(arguments).discriminator_convolution == "space_to_depth"
+    assert config_from_train_arguments(train_parser().parse_args([])).discriminator_convolution == "auto"
     with pytest.raises(SystemExit) as exit_info:
-        train_parser().parse_args(["--first-convolution", "fast"])
+        train_parser().parse_args(["--discriminator-convolution", "fast"])
     assert exit_info.value.code == 2
 
 

@@ -81,7 +81,7 @@ FIELDS_FREE_ON_RESUME = (
     # Speed settings: the same networks and weight files in every layout (tests/test_layouts.py).
     "data_format",
     "deconvolution",
-    "first_convolution",
+    "discriminator_convolution",
     "output_dir",
     "logdir",
     "run_name",

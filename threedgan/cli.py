@@ -20,7 +20,7 @@ from threedgan.config import (
     DATA_FORMAT_CHOICES,
     DECONVOLUTION_CHOICES,
     DEFAULT_PRESET,
-    FIRST_CONVOLUTION_CHOICES,
+    DISCRIMINATOR_CONVOLUTION_CHOICES,
     LOSS_CHOICES,
     PRESETS,
 )
@@ -324,9 +324,9 @@ def train_parser() -> argparse.ArgumentParser:
         help="how G's stride-2 transposed convolutions are computed, a speed setting (default auto: subpixel on jax)",
     )
     recipe.add_argument(
-        "--first-convolution",
-        choices=FIRST_CONVOLUTION_CHOICES,
-        help="how D's first convolution is computed, a speed setting (default auto: space_to_depth on jax)",
+        "--discriminator-convolution",
+        choices=DISCRIMINATOR_CONVOLUTION_CHOICES,
+        help="how D's stride-2 convolutions are computed, a speed setting (default auto: space_to_depth on jax)",
     )
     recipe.add_argument(
         "--devices",

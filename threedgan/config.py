@@ -22,7 +22,9 @@ CONFIG_FILENAME = "config.json"
 # `resolve_deconvolution`.
 DATA_FORMAT_CHOICES = ("auto", "channels_last", "channels_first")
 DECONVOLUTION_CHOICES = ("auto", "transposed", "subpixel")
-FIRST_CONVOLUTION_CHOICES = ("auto", "plain", "space_to_depth")  # `resolve_first_convolution`
+DISCRIMINATOR_CONVOLUTION_CHOICES = ("auto", "plain", "space_to_depth")  # `resolve_discriminator_convolution`
+# Fields of older config files under their current names.
+RENAMED_FIELDS = {"first_convolution": "discriminator_convolution"}
 
 # The recipes. `book` is the chapter's (Packt, chapter 2) and `paper` the authors' (Wu et al. 2016, section 4), each
 # exactly; `better` keeps the chapter's loop and changes only its optimizers and labels. `r1-ema`, the default, keeps
@@ -167,9 +169,10 @@ class Config:
         deconvolution: how the generator's stride-2 transposed convolutions are computed: `"auto"` (by backend, see
             `threedgan.models.resolve_deconvolution`), `"transposed"` (Keras' `Conv3DTranspose`) or `"subpixel"`
             (the same layer and weights as a sub-pixel convolution). Also a speed setting only.
-        first_convolution: how the discriminator's first convolution is computed: `"auto"` (by backend, see
-            `threedgan.models.resolve_first_convolution`), `"plain"` (Keras' `Conv3D`) or `"space_to_depth"` (the
-            same layer and weights on the space-to-depth rearranged input). Also a speed setting only.
+        discriminator_convolution: how the discriminator's stride-2 convolutions (blocks 1–4) are computed: `"auto"`
+            (by backend, see `threedgan.models.resolve_discriminator_convolution`), `"plain"` (Keras' `Conv3D`) or
+            `"space_to_depth"` (the same layers and weights on the space-to-depth rearranged input). Also a speed
+            setting only. Config files written before it covered blocks 2–4 call it `first_convolution`; they load.
 
     Recipe (see `threedgan.training_step`):
         preset: the preset this config started from (one of `PRESETS`), kept for the record.
@@ -233,7 +236,7 @@ class Config:
     cube_length: int = 64
     data_format: str = "auto"
     deconvolution: str = "auto"
-    first_convolution: str = "auto"
+    discriminator_convolution: str = "auto"
 
     preset: str = DEFAULT_PRESET
     batch_size: int = _DEFAULT["batch_size"]
@@ -337,9 +340,9 @@ class Config:
             ("data_format", self.data_format in DATA_FORMAT_CHOICES, "must be " + _one_of(DATA_FORMAT_CHOICES)),
             ("deconvolution", self.deconvolution in DECONVOLUTION_CHOICES, "must be " + _one_of(DECONVOLUTION_CHOICES)),
             (
-                "first_convolution",
-                self.first_convolution in FIRST_CONVOLUTION_CHOICES,
-                "must be " + _one_of(FIRST_CONVOLUTION_CHOICES),
+                "discriminator_convolution",
+                self.discriminator_convolution in DISCRIMINATOR_CONVOLUTION_CHOICES,
+                "must be " + _one_of(DISCRIMINATOR_CONVOLUTION_CHOICES),
             ),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("epochs", self.epochs >= 1, "must be at least 1"),
@@ -413,6 +416,7 @@ class Config:
             raise ConfigError(f"cannot read config file {path}: {error}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} does not hold a JSON object")
+        values = {RENAMED_FIELDS.get(key, key): value for key, value in values.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
