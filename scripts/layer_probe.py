@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """Times each convolution of the chapter's networks alone, forward and forward + backward, on a GPU.
 
-    KERAS_BACKEND=jax python scripts/layer_probe.py jax       # XLA: Keras' ops, the sub-pixel deconvolution and
-                                                              # the space-to-depth first convolution
+    KERAS_BACKEND=jax python scripts/layer_probe.py jax       # XLA: Keras' ops, the sub-pixel deconvolutions and
+                                                              # the space-to-depth convolutions
     python scripts/layer_probe.py torch                       # cuDNN through plain PyTorch, for comparison
     KERAS_BACKEND=jax python scripts/layer_probe.py jax --layers D1   # D's first layer only: plain vs space-to-depth
 
 The diagnostic behind README "Speed": it showed XLA's 3-D transposed convolutions (the generator's layers 2–5)
 2–19× slower than cuDNN's forward + backward, worst for the last layer, while plain convolutions ran alike. Batch 32,
 bf16, median of 20 timed runs after 3 warm-ups; one JSON line per layer and variant. The discriminator's stride-2
-layers (D1–D4) are also timed as `SpaceToDepthConv3D` computes them (`--discriminator-convolution`; the networks use it for
-D1 only), on JAX through the layer itself and on PyTorch as the same rearrangement in plain PyTorch. Needs JAX or
-PyTorch with a GPU to mean anything.
+layers (D1–D4) are also timed as `SpaceToDepthConv3D` computes them (`--discriminator-convolution`; the networks use it
+for all four on JAX), on JAX through the layer itself and on PyTorch as the same rearrangement in plain PyTorch. Needs
+JAX or PyTorch with a GPU to mean anything.
 """
 import argparse
 import json
@@ -70,7 +70,7 @@ def probe_jax(batch, timing, layers, discriminator_convolutions):
             variants = []
             if network == "D":
                 kernel = jax.random.normal(key, (4, 4, 4, c_in, c_out), jnp.bfloat16) * 0.02
-                if index > 1 or "plain" in discriminator_convolutions:
+                if stride != 2 or "plain" in discriminator_convolutions:
                     variants.append(("conv", lambda k, x: ops.conv(x, k, strides=stride, padding=padding)))
                 if stride == 2 and "space_to_depth" in discriminator_convolutions:
                     rearranged = SpaceToDepthConv3D(c_out, 4, strides=2, padding="same", use_bias=False)
@@ -106,7 +106,7 @@ def probe_torch(batch, timing, layers, discriminator_convolutions):
             variants = []
             if network == "D":
                 kernel = torch.randn(c_out, c_in, 4, 4, 4, **options) * 0.02
-                if index > 1 or "plain" in discriminator_convolutions:
+                if stride != 2 or "plain" in discriminator_convolutions:
                     variants.append(("cudnn channels_last_3d", lambda: F.conv3d(x, kernel, stride=stride, padding=pad)))
                 if stride == 2 and "space_to_depth" in discriminator_convolutions:
                     variants.append(("space_to_depth channels_last_3d", lambda: space_to_depth_torch(x, kernel)))
@@ -138,8 +138,7 @@ def main(argv=None):
         nargs="+",
         default=["plain", "space_to_depth"],
         choices=["plain", "space_to_depth"],
-        help="which ways to compute D1 (default both); D2–D4 are always timed plain, and also as space-to-depth "
-        "when it is listed",
+        help="which ways to time D's stride-2 layers D1-D4 (default both)",
     )
     arguments = parser.parse_args(argv)
     timing = dict(repeats=arguments.repeats, warmup=arguments.warmup)
