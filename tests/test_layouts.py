@@ -15,7 +15,7 @@ import pytest
 
 from threedgan.config import Config
 from threedgan.errors import ConfigError
-from threedgan.models import SubpixelConv3DTranspose, build_generator, resolve_data_format, resolve_deconvolution
+from threedgan.models import PaddedConv3DTranspose, SubpixelConv3DTranspose, build_generator, resolve_data_format, resolve_deconvolution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "tests", "layout_probe.py")
@@ -64,6 +64,8 @@ def test_subpixel_generator_keeps_the_chapter_layers():
     subpixel = build_generator(Config(deconvolution="subpixel"))
     kinds = [type(layer) for layer in subpixel.layers if "deconv" in layer.name]
     assert kinds == [keras.layers.Conv3DTranspose] + [SubpixelConv3DTranspose] * 4, "the stride-1 first block stays"
+    kinds = [type(layer) for layer in transposed.layers if "deconv" in layer.name]
+    assert kinds == [keras.layers.Conv3DTranspose] + [PaddedConv3DTranspose] * 4
     assert all(isinstance(layer, keras.layers.Conv3DTranspose) for layer in subpixel.layers if "deconv" in layer.name)
     assert [layer.name for layer in subpixel.layers] == [layer.name for layer in transposed.layers]
     assert [tuple(v.shape) for v in subpixel.weights] == [tuple(v.shape) for v in transposed.weights]

@@ -5,6 +5,9 @@
   BatchNorm's definition with batch statistics and Keras' moving averages (float64, CPU).
 - `threedgan.training_step._torch_adam_apply` is Keras' Adam update without host synchronisations: the weights, the
   optimizer's variables and its iteration count must equal `keras.optimizers.Adam.apply`'s after several steps.
+- `threedgan.models.PaddedConv3DTranspose` (the generator's stride-2 layers on PyTorch) passes `padding=1` to
+  `conv_transpose3d` where Keras crops an unpadded output: outputs and the gradients of inputs, kernel and bias must
+  equal Keras' `Conv3DTranspose`'s from the same variables, in both layouts, and on other settings it is Keras' layer.
 - `threedgan.training_step.to_device` turns host arrays into tensors and passes tensors through.
 
 Run as a script with KERAS_BACKEND=torch (`python tests/test_torch_fast_paths.py`), this file is the probe: it prints
@@ -29,7 +32,7 @@ def _probe():
     import keras
     import torch
 
-    from threedgan.models import BatchNormalization
+    from threedgan.models import BatchNormalization, PaddedConv3DTranspose
     from threedgan.training_step import _adam_without_extras, _torch_adam_apply, to_device
 
     keras.config.set_floatx("float64")
@@ -97,6 +100,34 @@ def _probe():
         clipped=_adam_without_extras(keras.optimizers.Adam(clipnorm=1.0)),
         amsgrad=_adam_without_extras(keras.optimizers.Adam(amsgrad=True)),
     )
+    report["transposed"] = {}
+    paddings = []
+    conv_transpose3d = torch.nn.functional.conv_transpose3d
+    torch.nn.functional.conv_transpose3d = lambda *arguments, **options: (
+        paddings.append(options.get("padding")) or conv_transpose3d(*arguments, **options))
+    for data_format, shape in (("channels_first", (2, 3, 5, 4, 6)), ("channels_last", (2, 5, 4, 6, 3))):
+        for strides, padding in ((2, "same"), (1, "same"), (2, "valid")):
+            options = dict(strides=strides, padding=padding, data_format=data_format, activation="tanh")
+            ours, theirs = PaddedConv3DTranspose(4, 4, **options), keras.layers.Conv3DTranspose(4, 4, **options)
+            ours.build(shape)
+            theirs.build(shape)
+            for source, target in zip((theirs.kernel, theirs.bias), (ours.kernel, ours.bias)):
+                source.assign(rng.normal(size=tuple(source.shape)))
+                target.assign(source.value)
+            x = torch.tensor(rng.normal(size=shape))
+            results = []
+            for layer in (ours, theirs):
+                inputs = x.clone().requires_grad_(True)
+                outputs = layer(inputs)
+                weights = torch.tensor(np.random.default_rng(1).normal(size=tuple(outputs.shape)))
+                gradients = torch.autograd.grad((outputs * weights).sum(), [inputs, layer.kernel.value, layer.bias.value])
+                results.append([outputs, *gradients])
+            rows = {name: float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+                    for name, a, b in zip(("outputs", "input_gradient", "kernel_gradient", "bias_gradient"), *results)}
+            rows["shape"] = list(results[0][0].shape)
+            rows["paddings"], paddings[:] = list(paddings), []  # ours, then Keras'
+            report["transposed"][f"{data_format}_stride{strides}_{padding}"] = rows
+    torch.nn.functional.conv_transpose3d = conv_transpose3d
     host = np.arange(6, dtype=np.float32).reshape(2, 3)
     tensor = to_device(host)
     report["to_device"] = dict(is_tensor=bool(torch.is_tensor(tensor)), equal=bool(np.array_equal(tensor.cpu().numpy(), host)),
@@ -130,6 +161,18 @@ def test_adam_equals_keras_adam(report):
     assert adam["weights"] <= TOLERANCE and adam["optimizer"] <= TOLERANCE, adam
     assert adam["iterations"] == [5, 5]
     assert adam["plain"] and not adam["clipped"] and not adam["amsgrad"], "only a plain Adam takes the fast path"
+
+
+def test_padded_transposed_convolution_equals_keras(report):
+    cases = report["transposed"]
+    assert len(cases) == 6
+    assert cases["channels_first_stride2_same"]["shape"] == [2, 4, 10, 8, 12]
+    assert cases["channels_last_stride2_same"]["shape"] == [2, 10, 8, 12, 4]
+    assert cases["channels_first_stride2_same"]["paddings"] == cases["channels_last_stride2_same"]["paddings"] == [1, 0]
+    assert all(cases[case]["paddings"] == [0, 0] for case in cases if "stride2_same" not in case), "Keras' code there"
+    for case, rows in cases.items():
+        for name, difference in rows.items():
+            assert name in ("shape", "paddings") or difference <= TOLERANCE, (case, name, difference)
 
 
 def test_to_device(report):

@@ -191,8 +191,46 @@ class BatchNormalization(layers.BatchNormalization):
 _SUBPIXEL_TAPS = ((3, 1), (2, 0))
 
 
+def _is_kernel_four_stride_two_same(layer) -> bool:
+    """Whether a transposed convolution is the generator's upsampling kind: kernel 4, stride 2, `same`."""
+    return (
+        tuple(layer.kernel_size) == (4, 4, 4)
+        and tuple(layer.strides) == (2, 2, 2)
+        and layer.padding == "same"
+        and tuple(layer.dilation_rate) == (1, 1, 1)
+        and layer.output_padding is None
+    )
+
+
 @keras.saving.register_keras_serializable(package="threedgan")
-class SubpixelConv3DTranspose(layers.Conv3DTranspose):
+class PaddedConv3DTranspose(layers.Conv3DTranspose):
+    """`keras.layers.Conv3DTranspose` whose kernel-4, stride-2, `same` calls on PyTorch pad instead of cropping.
+
+    Keras' torch backend computes every transposed convolution unpadded and then crops the output to the `same`
+    size, since `same` can be asymmetric: for the generator that is a 66³ output sliced to 64³. The slice is a
+    non-contiguous view, which the next layer copies, and its gradient is a zero-filled 66³ tensor with the gradient
+    copied in. For kernel 4 and stride 2 the crop is one voxel on each side, which is exactly PyTorch's own `padding=1`:
+    this layer passes that to `conv_transpose3d`, so cuDNN writes the 64³ output directly. Same variables, weight
+    files and values; other backends and other configurations run Keras' code.
+    """
+
+    def call(self, inputs):
+        if keras.backend.backend() != "torch" or not _is_kernel_four_stride_two_same(self):
+            return super().call(inputs)
+        import torch
+
+        channels_last = self.data_format == "channels_last"
+        values = torch.movedim(inputs, -1, 1) if channels_last else inputs
+        # Keras' kernel is (depth, height, width, filters, input channels); PyTorch's (input channels, filters, …).
+        kernel = torch.permute(ops.cast(self.kernel, self.compute_dtype), (4, 3, 0, 1, 2))
+        bias = ops.cast(self.bias, self.compute_dtype) if self.use_bias else None
+        outputs = torch.nn.functional.conv_transpose3d(values, kernel, bias, stride=2, padding=1)
+        outputs = torch.movedim(outputs, 1, -1) if channels_last else outputs
+        return self.activation(outputs) if self.activation is not None else outputs
+
+
+@keras.saving.register_keras_serializable(package="threedgan")
+class SubpixelConv3DTranspose(PaddedConv3DTranspose):
     """`keras.layers.Conv3DTranspose` (kernel 4, stride 2, `same`) evaluated as a sub-pixel convolution.
 
     Each of the 2³ output phases of a stride-2 transposed convolution with a 4³ kernel is a plain 2³ convolution of
@@ -201,15 +239,6 @@ class SubpixelConv3DTranspose(layers.Conv3DTranspose):
     weight files and the same outputs to rounding as the parent layer, with the same multiply-adds — but as the
     kind of convolution every backend runs fast. Other kernel sizes, strides or paddings fall back to the parent.
     """
-
-    def _subpixel_applies(self) -> bool:
-        return (
-            tuple(self.kernel_size) == (4, 4, 4)
-            and tuple(self.strides) == (2, 2, 2)
-            and self.padding == "same"
-            and tuple(self.dilation_rate) == (1, 1, 1)
-            and self.output_padding is None
-        )
 
     def _phase_kernel(self):
         """The kernel as (2, 2, 2, input_channels, 8 × filters): one 2³ kernel per output phase."""
@@ -225,7 +254,7 @@ class SubpixelConv3DTranspose(layers.Conv3DTranspose):
         return ops.reshape(kernel, (2, 2, 2, channels, 8 * filters))
 
     def call(self, inputs):
-        if not self._subpixel_applies():
+        if not _is_kernel_four_stride_two_same(self):
             return super().call(inputs)
         filters = self.filters
         channels_last = self.data_format == "channels_last"
@@ -349,7 +378,7 @@ def build_generator(config) -> keras.Model:
         raise ValueError(f"z_size must be positive, got {config.z_size}")
     data_format = resolve_data_format(config)
     channels_first = data_format == "channels_first"
-    upsampling_layer = SubpixelConv3DTranspose if resolve_deconvolution(config) == "subpixel" else layers.Conv3DTranspose
+    upsampling_layer = SubpixelConv3DTranspose if resolve_deconvolution(config) == "subpixel" else PaddedConv3DTranspose
     latent = keras.Input(shape=(config.z_size,), name="z")
     latent_shape = (config.z_size, 1, 1, 1) if channels_first else (1, 1, 1, config.z_size)
     x = layers.Reshape(latent_shape, name="z_as_volume")(latent)
