@@ -11,8 +11,9 @@ one to the last layers too; we follow the table, as the paper does). Layers keep
 True)` does.
 
 Computation: `config.deconvolution` picks how the generator's stride-2 transposed convolutions are computed: as
-Keras' `Conv3DTranspose` or as the same layer evaluated as a sub-pixel convolution (`SubpixelConv3DTranspose`: same
-variables, same outputs to rounding; XLA's 3-D transposed convolutions are many times slower than cuDNN's).
+Keras' `Conv3DTranspose` (`PaddedConv3DTranspose`, which on PyTorch pads instead of cropping) or as the same layer
+evaluated as a sub-pixel convolution (`SubpixelConv3DTranspose`: same variables, same outputs to rounding; XLA's 3-D
+transposed convolutions are many times slower than cuDNN's).
 `config.discriminator_convolution` likewise picks how the discriminator's stride-2 convolutions (blocks 1–4) are
 computed: as Keras' `Conv3D` or as the same layers evaluated on the space-to-depth rearranged input
 (`SpaceToDepthConv3D`: same variables, same outputs to rounding).
@@ -163,10 +164,17 @@ class BatchNormalization(layers.BatchNormalization):
         values = inputs if axis == 1 else torch.movedim(inputs, axis, 1)
         if values.ndim == 5 and values.is_cuda:  # 2.7 % of the chapter iteration on an H100
             values = values.contiguous(memory_format=torch.channels_last_3d)
+        shape = values.shape
+        if values.ndim == 5 and values.is_contiguous(memory_format=torch.channels_last_3d):
+            # PyTorch's CUDA BatchNorm has channels-last kernels for 4-D tensors only and sends 5-D ones through a
+            # general `var_mean`. In this memory order depth and height merge into one axis without a copy, and
+            # the statistics are per channel either way.
+            values = values.reshape(shape[0], shape[1], shape[2] * shape[3], shape[4])
         outputs, mean, inverse_deviation = torch.native_batch_norm(
             values, self.gamma.value if self.scale else None, self.beta.value if self.center else None,
             None, None, True, 0.0, self.epsilon,
         )
+        outputs = outputs.reshape(shape)
         with torch.no_grad():
             variance = torch.pow(inverse_deviation, -2) - self.epsilon
             for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
