@@ -15,7 +15,8 @@ import pytest
 
 from threedgan.config import Config
 from threedgan.errors import ConfigError
-from threedgan.models import PaddedConv3DTranspose, SubpixelConv3DTranspose, build_generator, resolve_data_format, resolve_deconvolution
+from threedgan.models import PaddedConv3DTranspose, SubpixelConv3DTranspose, build_generator
+from threedgan.models import resolve_data_format, resolve_deconvolution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "tests", "layout_probe.py")

@@ -121,7 +121,8 @@ def _probe():
                 inputs = x.clone().requires_grad_(True)
                 outputs = layer(inputs)
                 weights = torch.tensor(np.random.default_rng(1).normal(size=tuple(outputs.shape)))
-                gradients = torch.autograd.grad((outputs * weights).sum(), [inputs, layer.kernel.value, layer.bias.value])
+                differentiated = [inputs, layer.kernel.value, layer.bias.value]
+                gradients = torch.autograd.grad((outputs * weights).sum(), differentiated)
                 results.append([outputs, *gradients])
             rows = {name: float((a - b).abs().max() / max(1.0, float(b.abs().max())))
                     for name, a, b in zip(("outputs", "input_gradient", "kernel_gradient", "bias_gradient"), *results)}

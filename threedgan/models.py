@@ -234,7 +234,7 @@ class PaddedConv3DTranspose(layers.Conv3DTranspose):
         bias = ops.cast(self.bias, self.compute_dtype) if self.use_bias else None
         outputs = torch.nn.functional.conv_transpose3d(values, kernel, bias, stride=2, padding=1)
         outputs = torch.movedim(outputs, 1, -1) if channels_last else outputs
-        return self.activation(outputs) if self.activation is not None else outputs
+        return self.activation(outputs)
 
 
 @keras.saving.register_keras_serializable(package="threedgan")
